@@ -1,0 +1,1 @@
+"""Hugging Face folder -> Nano folder conversion (``nanofmt.converters``). Needs transformers."""

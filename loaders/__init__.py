@@ -1,0 +1,1 @@
+"""The torch runtime for Nano files (``nanofmt.loaders``). Needs torch."""
