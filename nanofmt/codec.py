@@ -10,16 +10,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
 
 from ._spec import SCHEMES
-from .bits import pack_rows, unpack_rows
+from .bits import unpack_rows
 from .errors import error
 from .floats import bf16_bits_to_f32, cast_f32, f32_to_bf16_bits
-from .quantize import F16_MAX, codes_for, fit_groups, fit_scales_given_offsets, quantize_meta
+from .quantize import F16_MAX, encode_affine, encode_affine_dq, encode_int8_row
 from .schemes import Scheme, component_layout
 
 __all__ = ["QuantizedTensor", "quantize", "dequantize", "Codec"]
@@ -60,8 +60,8 @@ class Codec:
         raise NotImplementedError
 
     @staticmethod
-    def decode(parts: Parts, scheme: Scheme, shape: tuple[int, ...]) -> NDArray[np.float32]:
-        """Float32 values of the rows present in ``parts`` (already sliced to a row range)."""
+    def decode(parts: Parts, scheme: Scheme, shape: tuple[int, ...], dtype: str, out: NDArray[np.generic] | None) -> NDArray[np.generic]:
+        """Values of the rows present in ``parts`` (already sliced to a row range), cast to ``dtype``, in ``out`` if given."""
         raise NotImplementedError
 
 
@@ -72,36 +72,55 @@ def _finite_metadata(values: NDArray[np.float16], role: str) -> NDArray[np.float
     return wide
 
 
-def _groups(x: NDArray[np.float32], group: int) -> tuple[NDArray[np.float32], NDArray[np.float32] | None]:
-    """Split rows into full groups ``(rows * full, group)`` and the short tail group ``(rows, tail)``."""
-    rows, cols = x.shape
+OUTPUT_DTYPES: dict[str, np.dtype[Any]] = {"f32": np.dtype(np.float32), "f16": np.dtype(np.float16), "bf16": np.dtype(np.uint16)}
+DECODE_CHUNK = 1 << 17  # values per chunk of rows: codes, values and temporaries stay in L2
+
+
+def _finish(values: NDArray[np.float32], dtype: str, out: NDArray[np.generic] | None) -> NDArray[np.generic]:
+    """The final cast (SPEC.md 10.3), into ``out`` when given; never an alias of stored data."""
+    result = cast_f32(values, dtype)
+    if out is not None:
+        np.copyto(out, result.reshape(out.shape))
+        return out
+    return np.array(result, order="C") if np.may_share_memory(result, values) else result
+
+
+def _affine_values(
+    packed: NDArray[np.uint8],
+    bits: int,
+    scale: NDArray[np.float32],
+    offset: NDArray[np.float32],
+    group: int,
+    cols: int,
+    dtype: str,
+    out: NDArray[np.generic] | None,
+) -> NDArray[np.generic]:
+    """w = fl(fl(q * scale) + offset) for packed codes, each group's scale and offset broadcast along its row.
+
+    Done a few rows at a time, straight into the output (or, for f16/bf16, into a float32
+    scratch chunk cast right away), so that each value is touched while it is in cache.
+    """
+    rows = packed.shape[0]
+    target: NDArray[np.generic] = np.empty((rows, cols), OUTPUT_DTYPES[dtype]) if out is None else out.reshape(rows, cols)
     full = cols // group
-    main = x[:, : full * group].reshape(rows * full, group)
-    return main, (x[:, full * group :] if cols % group else None)
-
-
-def _per_row(main: NDArray[np.generic], tail: NDArray[np.generic] | None, rows: int) -> NDArray[np.generic]:
-    """Reassemble per-group results (main groups, then the tail group) into ``(rows, groups, ...)``."""
-    shaped = main.reshape(rows, -1, *main.shape[1:])
-    if tail is None:
-        return shaped
-    return np.concatenate([shaped, tail.reshape(rows, 1, *tail.shape[1:])], axis=1)
-
-
-def _codes_per_row(main: NDArray[np.float32], tail: NDArray[np.float32] | None, rows: int) -> NDArray[np.uint8]:
-    joined = main.reshape(rows, -1) if tail is None else np.hstack([main.reshape(rows, -1), tail])
-    return joined.astype(np.uint8)
-
-
-def _affine_values(q: NDArray[np.uint8], scale: NDArray[np.float32], offset: NDArray[np.float32], group: int) -> NDArray[np.float32]:
-    """w = fl(fl(q * scale) + offset), with each group's scale and offset broadcast along its row."""
-    rows, cols = q.shape
-    groups = scale.shape[1]
-    padded = q if cols == groups * group else np.pad(q, ((0, 0), (0, groups * group - cols)))
-    out = padded.reshape(rows, groups, group).astype(np.float32)
-    np.multiply(out, scale[:, :, None], out=out)
-    np.add(out, offset[:, :, None], out=out)
-    return out.reshape(rows, groups * group)[:, :cols]
+    step = max(1, DECODE_CHUNK // cols)
+    codes = np.empty(min(step, rows) * -(-cols // 8) * 8, np.uint8)
+    scratch = None if dtype == "f32" else np.empty((min(step, rows), cols), np.float32)
+    for r in range(0, rows, step):
+        o: NDArray[np.float32] = target[r : r + step] if scratch is None else scratch[: min(step, rows - r)]  # type: ignore[assignment]
+        np.copyto(o, unpack_rows(packed[r : r + step], bits, cols, buffer=codes), casting="unsafe")  # codes are exact in float32
+        s, m = scale[r : r + step], offset[r : r + step]
+        if full:  # each group's scale and offset repeated along it: contiguous operands run faster than broadcasting
+            body = o[:, : full * group]
+            np.multiply(body, np.repeat(s[:, :full], group, axis=1), out=body)
+            np.add(body, np.repeat(m[:, :full], group, axis=1), out=body)
+        if full * group < cols:
+            tail = o[:, full * group :]
+            np.multiply(tail, s[:, full:], out=tail)
+            np.add(tail, m[:, full:], out=tail)
+        if scratch is not None:
+            np.copyto(target[r : r + step], cast_f32(o, dtype))
+    return target if out is None else out
 
 
 class PassthroughCodec(Codec):
@@ -110,18 +129,17 @@ class PassthroughCodec(Codec):
     @staticmethod
     def encode(x: NDArray[np.float32], scheme: Scheme) -> dict[str | None, NDArray[np.generic]]:
         if scheme.name == "f32":
-            return {None: np.ascontiguousarray(x, dtype=np.float32)}
+            return {None: np.array(x, dtype=np.float32, order="C")}  # a copy, and a 0-d array stays 0-d
         if scheme.name == "f16":
             with np.errstate(over="ignore"):
                 return {None: x.astype(np.float16)}
         return {None: f32_to_bf16_bits(x)}
 
     @staticmethod
-    def decode(parts: Parts, scheme: Scheme, shape: tuple[int, ...]) -> NDArray[np.float32]:
+    def decode(parts: Parts, scheme: Scheme, shape: tuple[int, ...], dtype: str, out: NDArray[np.generic] | None) -> NDArray[np.generic]:
         data = parts[None]
-        if scheme.name == "bf16":
-            return bf16_bits_to_f32(data)  # type: ignore[arg-type]
-        return np.asarray(data, dtype=np.float32)
+        values = bf16_bits_to_f32(data) if scheme.name == "bf16" else np.asarray(data, dtype=np.float32)  # type: ignore[arg-type]
+        return _finish(values.reshape(shape), dtype, out)
 
 
 class Int8RowCodec(Codec):
@@ -129,18 +147,12 @@ class Int8RowCodec(Codec):
 
     @staticmethod
     def encode(x: NDArray[np.float32], scheme: Scheme) -> dict[str | None, NDArray[np.generic]]:
-        absmax = np.abs(x).max(axis=1)
-        scales = (absmax / np.float32(127)).astype(np.float16)
-        s32 = scales.astype(np.float32)
-        safe = np.where(s32 > 0, s32, np.float32(1))
-        codes = np.clip(np.rint(x / safe[:, None]), -127, 127)
-        codes[s32 == 0] = 0
-        return {"codes": codes.astype(np.int8), "scales": scales}
+        return encode_int8_row(x)
 
     @staticmethod
-    def decode(parts: Parts, scheme: Scheme, shape: tuple[int, ...]) -> NDArray[np.float32]:
+    def decode(parts: Parts, scheme: Scheme, shape: tuple[int, ...], dtype: str, out: NDArray[np.generic] | None) -> NDArray[np.generic]:
         scales = _finite_metadata(parts["scales"], "scales")  # type: ignore[arg-type]
-        return parts["codes"].astype(np.float32) * scales[:, None]
+        return _finish(parts["codes"].astype(np.float32) * scales[:, None], dtype, out)
 
 
 class AffineCodec(Codec):
@@ -149,45 +161,19 @@ class AffineCodec(Codec):
     @staticmethod
     def encode(x: NDArray[np.float32], scheme: Scheme) -> dict[str | None, NDArray[np.generic]]:
         assert scheme.bits is not None and scheme.group_size is not None
-        rows = x.shape[0]
-        qmax = (1 << scheme.bits) - 1
-        main, tail = _groups(x, scheme.group_size)
-        fitted = [fit_groups(part, scheme.bits) for part in (main, tail) if part is not None]
-        # Round to the stored fp16 first, then choose codes against the rounded values.
-        s16 = [np.clip(s, 0, F16_MAX).astype(np.float16) for s, _ in fitted]
-        m16 = [np.clip(m, -F16_MAX, F16_MAX).astype(np.float16) for _, m in fitted]
-        codes = [
-            codes_for(part, s.astype(np.float32), m.astype(np.float32), qmax)
-            for part, s, m in zip((p for p in (main, tail) if p is not None), s16, m16, strict=True)
-        ]
-        tail_codes = codes[1] if tail is not None else None
-        return {
-            "codes": pack_rows(_codes_per_row(codes[0], tail_codes, rows), scheme.bits),
-            "scales": _per_row(s16[0], s16[1] if tail is not None else None, rows),
-            "offsets": _per_row(m16[0], m16[1] if tail is not None else None, rows),
-        }
+        return encode_affine(x, scheme.bits, scheme.group_size)
 
     @staticmethod
-    def decode(parts: Parts, scheme: Scheme, shape: tuple[int, ...]) -> NDArray[np.float32]:
+    def decode(parts: Parts, scheme: Scheme, shape: tuple[int, ...], dtype: str, out: NDArray[np.generic] | None) -> NDArray[np.generic]:
         assert scheme.bits is not None and scheme.group_size is not None
         scale = _finite_metadata(parts["scales"], "scales")  # type: ignore[arg-type]
         offset = _finite_metadata(parts["offsets"], "offsets")  # type: ignore[arg-type]
-        q = unpack_rows(parts["codes"], scheme.bits, shape[1])  # type: ignore[arg-type]
-        return _affine_values(q, scale, offset, scheme.group_size)
+        return _affine_values(parts["codes"], scheme.bits, scale, offset, scheme.group_size, shape[1], dtype, out)  # type: ignore[arg-type]
 
 
 class AffineDQCodec(Codec):
     kind = "affine_dq"
     block_groups: ClassVar[int] = int(SCHEMES["affine_dq"]["block_groups"])
-
-    @classmethod
-    def _by_block(cls, per_group: NDArray[np.float32]) -> NDArray[np.float32]:
-        """(rows, groups) -> (rows * blocks, block_groups), zero-padding the last block."""
-        rows, groups = per_group.shape
-        blocks = -(-groups // cls.block_groups)
-        padded = np.zeros((rows, blocks * cls.block_groups), np.float32)
-        padded[:, :groups] = per_group
-        return padded.reshape(rows * blocks, cls.block_groups)
 
     @classmethod
     def _expand(cls, per_block: NDArray[np.float32], groups: int) -> NDArray[np.float32]:
@@ -196,42 +182,12 @@ class AffineDQCodec(Codec):
     @classmethod
     def encode(cls, x: NDArray[np.float32], scheme: Scheme) -> dict[str | None, NDArray[np.generic]]:
         assert scheme.bits is not None and scheme.group_size is not None and scheme.meta_bits is not None
-        rows = x.shape[0]
-        qmax = (1 << scheme.bits) - 1
-        main, tail = _groups(x, scheme.group_size)
-        present = [p for p in (main, tail) if p is not None]
-        fits = [fit_groups(p, scheme.bits) for p in present]
-        groups = -(-x.shape[1] // scheme.group_size)
-
-        def join(values: list[NDArray[np.float32]]) -> NDArray[np.float32]:
-            return _per_row(values[0], values[1] if tail is not None else None, rows).astype(np.float32, copy=False)
-
-        def split(per_row: NDArray[np.float32]) -> list[NDArray[np.float32]]:
-            full = main.shape[0] // rows
-            out = [per_row[:, :full].reshape(-1)]
-            return out + ([per_row[:, full]] if tail is not None else [])
-
-        # Offsets first: their quantized values fix where each group's codes start ...
-        super_offsets, qoffsets = quantize_meta(cls._by_block(join([m for _, m in fits])), scheme.meta_bits, signed_ok=True)
-        qoffsets = qoffsets.reshape(rows, -1)[:, :groups]
-        offsets = cls._expand(super_offsets.astype(np.float32).reshape(rows, -1), groups) * qoffsets
-        # ... then scales are refitted to the offsets the decoder will really use.
-        scales_fit = join([fit_scales_given_offsets(p, m, scheme.bits) for p, m in zip(present, split(offsets), strict=True)])
-        super_scales, qscales = quantize_meta(cls._by_block(scales_fit), scheme.meta_bits, signed_ok=False)
-        qscales = qscales.reshape(rows, -1)[:, :groups]
-        qscales = np.where((scales_fit > 0) & (qscales == 0), 1, qscales)  # a live group never gets a zero step
-        scales = cls._expand(super_scales.astype(np.float32).reshape(rows, -1), groups) * qscales
-        codes = [codes_for(p, s, m, qmax) for p, s, m in zip(present, split(scales), split(offsets), strict=True)]
-        return {
-            "codes": pack_rows(_codes_per_row(codes[0], codes[1] if tail is not None else None, rows), scheme.bits),
-            "qscales": pack_rows(qscales.astype(np.uint8), scheme.meta_bits),
-            "qoffsets": pack_rows(qoffsets.astype(np.uint8), scheme.meta_bits),
-            "super_scales": super_scales.reshape(rows, -1),
-            "super_offsets": super_offsets.reshape(rows, -1),
-        }
+        return encode_affine_dq(x, scheme.bits, scheme.group_size, scheme.meta_bits)
 
     @classmethod
-    def decode(cls, parts: Parts, scheme: Scheme, shape: tuple[int, ...]) -> NDArray[np.float32]:
+    def decode(
+        cls, parts: Parts, scheme: Scheme, shape: tuple[int, ...], dtype: str, out: NDArray[np.generic] | None
+    ) -> NDArray[np.generic]:
         assert scheme.bits is not None and scheme.group_size is not None and scheme.meta_bits is not None
         groups = -(-shape[1] // scheme.group_size)
         super_scales = _finite_metadata(parts["super_scales"], "super_scales")  # type: ignore[arg-type]
@@ -240,8 +196,7 @@ class AffineDQCodec(Codec):
         qoffsets = unpack_rows(parts["qoffsets"], scheme.meta_bits, groups).astype(np.float32)  # type: ignore[arg-type]
         scale = cls._expand(super_scales, groups) * qscales
         offset = cls._expand(super_offsets, groups) * qoffsets
-        q = unpack_rows(parts["codes"], scheme.bits, shape[1])  # type: ignore[arg-type]
-        return _affine_values(q, scale, offset, scheme.group_size)
+        return _affine_values(parts["codes"], scheme.bits, scale, offset, scheme.group_size, shape[1], dtype, out)  # type: ignore[arg-type]
 
 
 def _check_registry() -> None:
@@ -279,33 +234,61 @@ def quantize(values: NDArray[np.generic], scheme: Scheme, *, dtype: str | None =
     source = dtype or {"float32": "f32", "float16": "f16", "uint16": "bf16"}.get(array.dtype.name)
     if source not in ("f32", "f16", "bf16"):
         raise ValueError(f"cannot quantize values of dtype {array.dtype}; give float32, float16 or bf16 bits")
-    x = bf16_bits_to_f32(array) if source == "bf16" and array.dtype == np.uint16 else array.astype(np.float32)
+    x = bf16_bits_to_f32(array) if source == "bf16" and array.dtype == np.uint16 else np.asarray(array, dtype=np.float32)
     scheme.check(tuple(x.shape))
-    if not scheme.is_passthrough:
-        if not np.isfinite(x).all():
+    if not scheme.is_passthrough and x.size:
+        lo, hi = float(x.min()), float(x.max())  # NaN propagates through both; two passes, no temporaries
+        if not (math.isfinite(lo) and math.isfinite(hi)):
             raise ValueError("values hold NaN or infinity")
-        if x.size and float(np.abs(x).max()) > F16_MAX / 2:
+        if max(hi, -lo) > F16_MAX / 2:
             raise ValueError(f"values exceed +-{F16_MAX / 2:g}, beyond what fp16 scales and offsets can carry")
     parts = Codec.registry[scheme.kind].encode(x, scheme)
     return QuantizedTensor(tuple(x.shape), source, scheme, parts)
 
 
-def dequantize(qt: QuantizedTensor, dtype: str | None = None, *, rows: slice | None = None) -> NDArray[np.generic]:
+def dequantize(
+    qt: QuantizedTensor, dtype: str | None = None, *, rows: slice | None = None, out: NDArray[np.generic] | None = None
+) -> NDArray[np.generic]:
     """Decode ``qt`` (or only ``rows`` of it) to ``dtype`` ('f32', 'f16' or 'bf16' as uint16 bits).
 
     Bit-exact to SPEC.md: float32 arithmetic in the spec's order, then one round-to-nearest-even
     cast. Decoding a row range reads only those rows' bytes and equals decoding all, then slicing.
+
+    Args:
+        qt: the stored tensor.
+        dtype: output dtype; the tensor's original dtype when omitted.
+        rows: a contiguous row range to decode instead of the whole tensor.
+        out: a C-contiguous, writeable array of the result's shape and dtype to decode into;
+            reusing one across calls saves the page faults of a fresh array, which cost more
+            than the arithmetic on large tensors.
+
+    Returns:
+        A new array (never a view of ``qt``'s data), or ``out``.
+
+    Raises:
+        ValueError: a bad ``dtype``, ``rows`` or ``out``.
+        NanoError: ``metadata_nonfinite`` if a scale or offset of the rows is NaN or infinite.
     """
+    target = dtype or qt.dtype
+    if target not in OUTPUT_DTYPES:
+        raise ValueError(f"dtype must be 'f32', 'f16' or 'bf16', got {target!r}")
     row_range = slice(None) if rows is None else rows
     if rows is not None and (row_range.step not in (None, 1) or not qt.shape):
         raise ValueError("rows must be a contiguous slice of a tensor with at least one dimension")
-    parts = {role: p[row_range] for role, p in qt.parts.items()}
+    parts = dict(qt.parts) if rows is None else {role: p[row_range] for role, p in qt.parts.items()}
     first = next(iter(parts.values()))
     shape = (first.shape[0], *qt.shape[1:]) if qt.shape else ()
+    if out is not None and not (
+        isinstance(out, np.ndarray)
+        and out.shape == shape
+        and out.dtype == OUTPUT_DTYPES[target]
+        and out.flags.c_contiguous
+        and out.flags.writeable
+    ):
+        raise ValueError(f"out must be a writeable C-contiguous {OUTPUT_DTYPES[target]} array of shape {shape}")
     if math.prod(shape) == 0:
-        return cast_f32(np.zeros(shape, np.float32), dtype or qt.dtype)
-    values = Codec.registry[qt.scheme.kind].decode(parts, qt.scheme, shape)
-    return cast_f32(np.ascontiguousarray(values.reshape(shape)), dtype or qt.dtype)
+        return _finish(np.zeros(shape, np.float32), target, out)
+    return Codec.registry[qt.scheme.kind].decode(parts, qt.scheme, shape, target, out)
 
 
 def expected_layout(qt: QuantizedTensor, name: str = "x") -> dict[str | None, tuple[str, tuple[int, ...]]]:

@@ -19,7 +19,7 @@ def f32_to_bf16_bits(values: NDArray[np.float32]) -> NDArray[np.uint16]:
 
     NaN stays a (quiet) NaN; values past the bf16 range round to infinity as IEEE requires.
     """
-    u = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    u = np.asarray(values, dtype=np.float32, order="C").view(np.uint32)  # ascontiguousarray would make 0-d 1-d
     rounded = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
     nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
     rounded = np.where(nan, (u >> np.uint32(16)) | np.uint32(0x0040), rounded)
