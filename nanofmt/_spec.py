@@ -60,7 +60,8 @@ LIMITS: Any = {'max_header_bytes': 104857600,
  'max_rank': 8,
  'max_dim': 2147483647,
  'max_elements': 1099511627776,
- 'max_name_bytes': 1024}
+ 'max_name_bytes': 1024,
+ 'max_json_depth': 64}
 REASONS: Any = {'file_unreadable': 'malformed',
  'file_too_short': 'malformed',
  'header_too_large': 'malformed',

@@ -54,14 +54,14 @@ class NanoError(Exception):
         prefix = ": ".join(w for w in where if w)
         return f"{prefix}: {self.detail} [{self.reason}]" if prefix else f"{self.detail} [{self.reason}]"
 
-    def with_context(self, *, path: str | None = None, tensor: str | None = None) -> NanoError:
-        """Return the same error with the file (and tensor) filled in where they were unknown."""
+    def with_context(self, *, path: str | None = None, tensor: str | None = None, field: str | None = None) -> NanoError:
+        """Return the same error with the file, tensor and field filled in where they were unknown."""
         return type(self)(
             self.reason,
             self.detail,
             path=self.path or path,
             tensor=self.tensor if self.tensor is not None else tensor,
-            field=self.field,
+            field=self.field or field,
         )
 
 

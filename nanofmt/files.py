@@ -12,8 +12,10 @@ Example:
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
+import stat
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -22,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from ._spec import VERSION_WRITTEN
+from ._spec import DTYPE_SIZES, VERSION_WRITTEN
 from .bits import padding_is_zero
 from .codec import QuantizedTensor, dequantize, quantize  # noqa: F401  (quantize: doctest)
-from .container import NUMPY_DTYPES, Entry, SafetensorsWriter, read_header
+from .container import NUMPY_DTYPES, Entry, SafetensorsWriter, encode_header, parse_header, read_header
 from .errors import NanoError, error
 from .records import FileRecords, Record, format_checksum, parse_records, render_records
 from .schemes import Scheme, component_layout
@@ -51,20 +53,23 @@ class NanoFile:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
+        self._map: mmap.mmap | None = None
         try:
-            self._file = open(self.path, "rb")
-        except OSError as exc:
-            raise error("file_unreadable", f"cannot open: {exc.strerror or exc}", path=self.path) from exc
-        try:
-            size = os.fstat(self._file.fileno()).st_size
-            self.header = read_header(self._file, size)
-            parsed: FileRecords = parse_records(self.header)
-            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+            # Only regular files are read: a FIFO or a device would block or never end. Opening
+            # without blocking, then checking the opened file, leaves no window to swap one in.
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+            with open(fd, "rb") as file:
+                info = os.fstat(fd)
+                if not stat.S_ISREG(info.st_mode):
+                    raise error("file_unreadable", "not a regular file", path=self.path)
+                size = info.st_size
+                self.header = read_header(file, size)
+                parsed: FileRecords = parse_records(self.header)
+                # read_header guarantees size >= 8; the map keeps its own handle, so the file closes here.
+                self._map = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
         except NanoError as exc:
-            self._file.close()
             raise exc.with_context(path=self.path) from None
         except OSError as exc:
-            self._file.close()
             raise error("file_unreadable", f"cannot read: {exc.strerror or exc}", path=self.path) from exc
         self.version = parsed.version
         self.records: dict[str, Record] = parsed.records
@@ -123,15 +128,21 @@ class NanoFile:
             raise error("checksum_mismatch", f"recorded {record.checksum}, data hash to {found}", path=self.path, tensor=record.name, field="checksum")
 
     def problems(self) -> Iterator[NanoError]:
-        """Every problem full verification finds: checksums, padding bits, decodability."""
+        """Every problem full verification finds: checksums, padding bits, decodability.
+
+        Decoding runs a bounded number of rows at a time, so verification allocates about
+        ``DECODE_CHUNK_BYTES`` (or one row's float32 values, if larger) whatever the tensor's size.
+        """
         for name, record in self.records.items():
             if record.tie is not None:
                 continue
             try:
                 self.check_checksum(name)
                 qt = self.tensor(name)
-                self._check_padding(name, qt)
-                dequantize(qt, "f32")
+                if not qt.scheme.is_passthrough:  # passthrough values decode whatever their bits
+                    for rows in _row_chunks(qt.shape):
+                        self._check_padding(name, qt, rows)
+                        dequantize(qt, "f32", rows=rows)
             except NanoError as exc:
                 yield exc.with_context(path=self.path, tensor=name)
 
@@ -140,7 +151,7 @@ class NanoFile:
         for problem in self.problems():
             raise problem
 
-    def _check_padding(self, name: str, qt: QuantizedTensor) -> None:
+    def _check_padding(self, name: str, qt: QuantizedTensor, rows: slice) -> None:
         scheme = qt.scheme
         packed: list[tuple[str, int, int]] = []
         if scheme.kind in ("affine", "affine_dq"):
@@ -150,7 +161,7 @@ class NanoFile:
                 groups = -(-qt.shape[1] // scheme.group_size)
                 packed += [("qscales", scheme.meta_bits, groups), ("qoffsets", scheme.meta_bits, groups)]
         for role, bits, n in packed:
-            if not padding_is_zero(qt.parts[role], bits, n):  # type: ignore[arg-type]
+            if not padding_is_zero(qt.parts[role][rows], bits, n):  # type: ignore[arg-type]
                 raise error("padding_nonzero", "padding bits after the last code of a row are not zero", path=self.path, tensor=name, field=role)
 
     def close(self) -> None:
@@ -159,7 +170,17 @@ class NanoFile:
                 self._map.close()
             except BufferError:
                 pass  # arrays still view the map; it closes when the last of them goes
-        self._file.close()
+
+
+DECODE_CHUNK_BYTES = 16 << 20  # float32 output per decoding step of verification
+
+
+def _row_chunks(shape: tuple[int, ...]) -> Iterator[slice]:
+    """Row ranges of a 2-D tensor whose float32 values take about DECODE_CHUNK_BYTES each."""
+    rows, cols = shape
+    step = max(1, DECODE_CHUNK_BYTES // (4 * cols))
+    for start in range(0, rows, step):
+        yield slice(start, min(rows, start + step))
 
 
 def open_file(path: str | os.PathLike[str]) -> NanoFile:
@@ -204,6 +225,7 @@ class NanoWriter:
             assert p.scheme is not None, f"{p.name}: a stored tensor needs a scheme"
             p.scheme.check(p.shape, tensor=p.name)
             entries += [(c.name, c.dtype, c.shape) for c in component_layout(p.scheme, p.shape, p.name).values()]
+        _check_readable(entries, self._metadata())
         self._writer = SafetensorsWriter(self.path, entries, self._metadata())
 
     def _metadata(self) -> dict[str, str]:
@@ -229,6 +251,16 @@ class NanoWriter:
     def abort(self) -> None:
         self._writer.abort()
         Path(self.path).unlink(missing_ok=True)
+
+
+def _check_readable(entries: list[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str]) -> None:
+    """Refuse, before writing anything, a plan whose file the reader would refuse (names, extra metadata)."""
+    try:
+        header, _ = encode_header(entries, metadata)
+        size = sum(math.prod(shape) * DTYPE_SIZES[dtype] for _, dtype, shape in entries)
+        parse_records(parse_header(header[8:], size))
+    except (NanoError, UnicodeEncodeError) as exc:
+        raise ValueError(f"the planned file would not be readable: {exc}") from exc
 
 
 def write_file(

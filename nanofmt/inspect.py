@@ -6,11 +6,13 @@ import hashlib
 import json
 import math
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .container import _check_tree, _is_text, preview
 from .errors import NanoError, error
 from .files import NanoFile, open_file
 
@@ -87,12 +89,13 @@ def inspect_path(path: str | os.PathLike[str]) -> dict[str, Any]:
             "schemes": by_scheme,
         },
     }
-    config = Path(path) / "config.json"
-    if config.is_file():
+    if Path(path).is_dir():
         try:
-            summary["quantization_config"] = json.loads(config.read_text()).get("quantization_config")
-        except (OSError, ValueError):
-            summary["quantization_config"] = None
+            config = _read_config(Path(path))
+        except NanoError:
+            config = None  # inspect summarises what it can; verify reports the broken config
+        if config is not None:
+            summary["quantization_config"] = config.get("quantization_config")
     return summary
 
 
@@ -105,25 +108,79 @@ class Problem:
     message: str
 
 
-def _runtime_problems(folder: Path) -> Iterator[Problem]:
-    """The shipped runtime files must hash as the converter recorded them (they run as trusted code)."""
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        return
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _read_config(folder: Path) -> dict[str, Any] | None:
+    """The folder's config.json as an object, None when there is none; NanoError when it is unreadable."""
+    path = folder / "config.json"
+    if not path.is_file():
+        return None
     try:
-        quant = json.loads(config_path.read_text()).get("quantization_config") or {}
-    except (OSError, ValueError) as exc:
-        yield Problem(str(config_path), "file_unreadable", f"config.json is not readable JSON: {exc}")
+        raw = json.loads(path.read_bytes())
+        _check_tree(raw, "file_unreadable")  # bounded nesting: callers re-serialise it
+    except (OSError, ValueError, RecursionError) as exc:
+        raise error("file_unreadable", f"config.json is not readable JSON ({type(exc).__name__})", path=str(path)) from exc
+    except NanoError as exc:
+        raise exc.with_context(path=str(path)) from None
+    if not isinstance(raw, dict):
+        raise error("file_unreadable", "config.json is not a JSON object", path=str(path))
+    return raw
+
+
+def _is_plain_name(name: Any) -> bool:
+    """A file name directly inside the folder: no separators, no parent references."""
+    return isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\0") and _is_text(name)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _runtime_problems(folder: Path) -> Iterator[Problem]:
+    """The shipped runtime files must hash as the converter recorded them (they run as trusted code).
+
+    Every ``*.py`` file of a Nano folder must be recorded: transformers' dynamic module loader
+    would run an unrecorded one as readily as a recorded one.
+    """
+    config_path = folder / "config.json"
+    try:
+        config = _read_config(folder)
+    except NanoError as exc:
+        yield Problem(str(config_path), exc.reason, str(exc))
         return
-    for filename, digest in (quant.get("runtime_sha256") or {}).items():
+    quant = config.get("quantization_config") if config else None
+    if not isinstance(quant, dict) or (quant.get("quant_method") != "nano" and "runtime_sha256" not in quant):
+        return  # not the config of a Nano folder
+    recorded = quant.get("runtime_sha256", {})
+    if not isinstance(recorded, dict):
+        yield Problem(str(config_path), "checksum_invalid", "quantization_config.runtime_sha256 must map file names to sha256 digests")
+        return
+    for filename, digest in recorded.items():
+        if not _is_plain_name(filename):
+            yield Problem(str(config_path), "name_invalid", f"runtime file name {preview(filename)} is not a plain file name in the folder")
+            continue
         target = folder / filename
-        try:
-            found = hashlib.sha256(target.read_bytes()).hexdigest()
-        except OSError:
+        if not isinstance(digest, str) or not SHA256_HEX.fullmatch(digest):
+            yield Problem(str(target), "checksum_invalid", f"recorded sha256 {preview(digest)} is not 64 lowercase hex digits")
+            continue
+        if not target.is_file():  # also keeps a FIFO from blocking the read
             yield Problem(str(target), "component_missing", "shipped runtime file is missing")
+            continue
+        try:
+            found = _sha256(target)
+        except OSError as exc:
+            yield Problem(str(target), "file_unreadable", f"cannot read runtime file: {exc.strerror or exc}")
             continue
         if found != digest:
             yield Problem(str(target), "checksum_mismatch", f"runtime file was modified: sha256 {found[:16]}..., recorded {digest[:16]}...")
+    for extra in sorted(folder.glob("*.py")):
+        if extra.name not in recorded:
+            yield Problem(str(extra), "checksum_mismatch", "python file not recorded in quantization_config.runtime_sha256")
 
 
 def verify_path(path: str | os.PathLike[str]) -> list[Problem]:

@@ -14,14 +14,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._spec import LIMITS, METADATA_KEY, SOURCE_DTYPES, VERSIONS_READABLE
-from .container import Entry, Header, _is_int, check_name, check_shape
+from .container import Entry, Header, _is_int, check_name, check_shape, load_json, preview
 from .errors import NanoError, error
 from .schemes import Scheme, component_layout
 
 __all__ = ["Record", "FileRecords", "parse_records", "render_records", "CHECKSUM_PLACEHOLDER", "format_checksum"]
 
-VERSION_PATTERN = re.compile(r"^(0|[1-9][0-9]{0,5})\.(0|[1-9][0-9]{0,5})$")
-CHECKSUM_PATTERN = re.compile(r"^crc32:[0-9a-f]{8}$")
+# fullmatch, never "$": "$" also matches before a trailing newline, so "1.0\n" would pass.
+VERSION_PATTERN = re.compile(r"(0|[1-9][0-9]{0,5})\.(0|[1-9][0-9]{0,5})")
+CHECKSUM_PATTERN = re.compile(r"crc32:[0-9a-f]{8}")
 CHECKSUM_PLACEHOLDER = "crc32:00000000"  # same width as any real value, so the header can be patched in place
 SCHEME_FIELDS = ("scheme", "bits", "group_size", "meta_bits", "transform")
 KNOWN_FIELDS = {"shape", "dtype", "tie", "checksum", *SCHEME_FIELDS}
@@ -81,7 +82,7 @@ def _parse_record(name: str, raw: Any) -> Record:
     shape = check_shape(_field(raw, "shape", list, name), tensor=name)
     dtype = _field(raw, "dtype", str, name)
     if dtype not in SOURCE_DTYPES:
-        raise error("record_field_invalid", f"dtype must be one of {SOURCE_DTYPES}, found {dtype!r}", tensor=name, field="dtype")
+        raise error("record_field_invalid", f"dtype must be one of {SOURCE_DTYPES}, found {preview(dtype)}", tensor=name, field="dtype")
     extra = {k: v for k, v in raw.items() if k not in KNOWN_FIELDS}
     tie = _field(raw, "tie", str, name, required=False)
     if tie is not None:
@@ -98,14 +99,14 @@ def _parse_record(name: str, raw: Any) -> Record:
     )
     scheme.check(shape, tensor=name)
     checksum = _field(raw, "checksum", str, name)
-    if not CHECKSUM_PATTERN.match(checksum):
-        raise error("checksum_invalid", f"checksum must look like crc32:0123abcd, found {checksum[:40]!r}", tensor=name, field="checksum")
+    if not CHECKSUM_PATTERN.fullmatch(checksum):
+        raise error("checksum_invalid", f"checksum must look like crc32:0123abcd, found {preview(checksum, 40)}", tensor=name, field="checksum")
     return Record(name, shape, dtype, scheme=scheme, checksum=checksum, extra=extra)
 
 
 def _parse_version(value: Any) -> tuple[int, int]:
-    if not isinstance(value, str) or not VERSION_PATTERN.match(value):
-        raise error("version_invalid", f"format_version must be MAJOR.MINOR, found {str(value)[:40]!r}", field="format_version")
+    if not isinstance(value, str) or not VERSION_PATTERN.fullmatch(value):
+        raise error("version_invalid", f"format_version must be MAJOR.MINOR, found {preview(value, 40)}", field="format_version")
     major, minor = (int(p) for p in value.split("."))
     if major not in {v[0] for v in VERSIONS_READABLE}:
         readable = ", ".join(f"{a}.{b}" for a, b in VERSIONS_READABLE)
@@ -149,9 +150,9 @@ def parse_records(header: Header) -> FileRecords:
     if len(text.encode("utf-8", "surrogatepass")) > LIMITS["max_metadata_bytes"]:
         raise error("metadata_too_large", f"{METADATA_KEY} metadata exceeds {LIMITS['max_metadata_bytes']} bytes", field=METADATA_KEY)
     try:
-        raw = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise error("metadata_not_json", f"{METADATA_KEY} metadata is not JSON ({type(exc).__name__})", field=METADATA_KEY) from exc
+        raw = load_json(text, "metadata_not_json")
+    except NanoError as exc:
+        raise exc.with_context(field=METADATA_KEY) from None
     if not isinstance(raw, dict):
         raise error("metadata_not_json", f"{METADATA_KEY} metadata must be a JSON object", field=METADATA_KEY)
     version = _parse_version(raw.get("format_version"))
