@@ -87,3 +87,157 @@ def verify(path: str, as_json: bool) -> None:
             click.echo(f"{p.message}", err=True)
         click.echo(f"{path}: {'OK' if not problems else f'{len(problems)} problem(s)'}", err=True)
     sys.exit(1 if problems else 0)
+
+
+@main.command()
+@click.option("--model", type=click.Path(exists=True, file_okay=False), help="An HF model folder to use instead of the built-in one.")
+@click.option("--out", type=click.Path(file_okay=False), help="Where to write the Nano folders (default: the nanofmt cache).")
+@click.option("--policy", default="qkvfp16", show_default=True, help="Conversion policy to demonstrate.")
+@click.option("--train-seconds", default=180.0, show_default=True, help="Training budget of the built-in model (first run only).")
+@click.option("--max-new-tokens", default=40, show_default=True)
+def demo(model: str | None, out: str | None, policy: str, train_seconds: float, max_new_tokens: int) -> None:
+    """Convert, load and generate on a built-in default, showing sizes and quality.
+
+    Without --model it trains a small Llama-architecture model for a few minutes on Python's own
+    documentation (cached for later runs), converts it with --policy and with the int8 baseline,
+    loads both through transformers (trust_remote_code), and compares them with the source.
+
+    Example: nanofmt demo --policy tiedq
+    """
+    from .demo import render, run_demo
+
+    try:
+        result = run_demo(
+            model=model,
+            out=out,
+            policy=policy,
+            train_seconds=train_seconds,
+            max_new_tokens=max_new_tokens,
+            progress=lambda msg: click.echo(msg, err=True),
+        )
+    except NanoError as exc:
+        _fail(exc)
+    for line in render(result):
+        click.echo(line)
+
+
+class _ProgressBar:
+    """A per-tensor progress bar on stderr, shown only on a terminal (created at the first event)."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+        self._done = 0
+
+    def __call__(self, event: Any) -> None:
+        if self._bar is None:
+            self._bar = click.progressbar(length=event.weights_total, label="converting", file=sys.stderr, show_pos=False, item_show_func=lambda name: name)
+            self._bar.__enter__()
+        self._bar.update(event.weights_done - self._done, event.tensor)
+        self._done = event.weights_done
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+
+
+@main.command("convert")
+@click.argument("src")
+@click.argument("dst", type=click.Path(file_okay=False))
+@click.option("--policy", default="qkvfp16", show_default=True, help="Preset (qkvfp16, tiedq, int8) or a .toml/.json policy file.")
+@click.option("--bits", type=int, help="Bits of the policy's default quantized scheme (2, 3, 4, 5, 6 or 8).")
+@click.option("--group-size", type=int, help="Group size of the default quantized scheme (32, 64 or 128).")
+@click.option("--keep", multiple=True, metavar="PATTERN", help="Keep tensors matching this glob unquantized; repeatable, wins over the policy.")
+@click.option("--keep-dtype", type=click.Choice(["source", "f16", "bf16", "f32"]), help="dtype of kept tensors (default: the policy's, usually source).")
+@click.option("--max-shard-size", metavar="SIZE", help="Split the output into shards of at most SIZE (e.g. 2GB, 500MB).")
+@click.option("--workers", type=click.IntRange(min=1), help="Encoding processes (default: one per core, up to 4, for large models).")
+@click.option("--dry-run", is_flag=True, help="Print the plan and predicted sizes; write nothing.")
+@click.option("--force", is_flag=True, help="Replace DST if it exists and is not empty.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def convert_command(
+    src: str,
+    dst: str,
+    policy: str,
+    bits: int | None,
+    group_size: int | None,
+    keep: tuple[str, ...],
+    keep_dtype: str | None,
+    max_shard_size: str | None,
+    workers: int | None,
+    dry_run: bool,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Convert a Hugging Face model folder (or hub id) SRC into a self-contained Nano folder DST.
+
+    DST is written to a temporary sibling and renamed into place when complete: an error or
+    Ctrl-C leaves no DST behind. Policies are ordered glob rules, first match wins (see
+    ``nanofmt.converters.policy``); --keep rules are placed before the policy's.
+
+    \b
+    Examples:
+      nanofmt convert ./SmolLM2-135M-Instruct ./smollm2-nano --policy qkvfp16
+      nanofmt convert ./model ./model-int8 --policy int8 --json
+      nanofmt convert ./model ./model-nano --bits 8 --keep 'lm_head.weight' --dry-run
+      nanofmt convert Qwen/Qwen2.5-3B-Instruct ./qwen-nano --max-shard-size 2GB
+    """
+    from .converters import ConvertError, convert, format_report
+
+    bar = _ProgressBar() if sys.stderr.isatty() and not as_json else None
+    try:
+        report = convert(
+            src,
+            dst,
+            policy=policy,
+            bits=bits,
+            group_size=group_size,
+            keep=keep,
+            keep_dtype=keep_dtype,
+            max_shard_size=max_shard_size,
+            dry_run=dry_run,
+            force=force,
+            progress=bar,
+            workers=workers,
+        )
+    except (ConvertError, NanoError) as exc:
+        _fail(exc)
+    except ValueError as exc:  # a bad argument value (unknown preset, unreadable size...)
+        raise click.UsageError(str(exc)) from exc
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: {dst} was not written", err=True)
+        sys.exit(130)
+    finally:
+        if bar is not None:
+            bar.close()
+    if as_json:
+        _emit_json(report.to_json())
+    else:
+        click.echo(format_report(report))
+
+
+@main.command("dequantize")
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--dtype", type=click.Choice(["f16", "bf16", "f32"]), default="f16", show_default=True, help="dtype of the plain weights.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists and is not empty.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def dequantize_command(path: str, out: str, dtype: str, force: bool, as_json: bool) -> None:
+    """Write a plain Hugging Face copy of the Nano folder PATH at OUT (loads without remote code).
+
+    Every tensor is decoded exactly as SPEC.md prescribes; the shard layout and tensor names
+    are kept, the runtime files and quantization_config dropped.
+
+    Example: nanofmt dequantize ./smollm2-nano ./smollm2-f16 --dtype f16
+    """
+    from .converters import ConvertError, dequantize_folder
+
+    try:
+        result = dequantize_folder(path, out, dtype=dtype, force=force)
+    except (ConvertError, NanoError) as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: {out} was not written", err=True)
+        sys.exit(130)
+    if as_json:
+        _emit_json(result)
+    else:
+        click.echo(f"{out}: {result['tensors']} tensors, {result['bytes']:,} bytes of {dtype} weights in {len(result['files'])} file(s)")
