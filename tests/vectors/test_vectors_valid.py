@@ -16,9 +16,6 @@ import nanofmt
 from nanofmt.schemes import component_layout
 
 OUTPUTS = ("f32", "f16", "bf16")
-# dequantize() indexes every component with a row slice, which a rank-0 array refuses
-# (nanofmt/codec.py, dequantize); reported to the lead. Remove once rank-0 tensors decode.
-RANK0_BUG = pytest.mark.xfail(raises=IndexError, reason="dequantize cannot decode a rank-0 passthrough tensor")
 
 
 def test_valid_vector_file_matches_manifest_sha256(valid_vector: dict[str, Any], vectors: Path) -> None:
@@ -45,7 +42,6 @@ def test_valid_vector_decodes_bit_exactly(valid_vector: dict[str, Any], vectors:
             assert decoded_sha256(f, name, None) == expected["decoded_sha256"][expected["dtype"]], f"{name}: default output is the record's dtype"
 
 
-@RANK0_BUG
 @pytest.mark.parametrize("stem", ["f32_empty", "f16_empty", "bf16_empty"])
 def test_valid_vector_decodes_rank0(stem: str, manifest: dict[str, Any], vectors: Path, decoded_sha256: Callable[..., str]) -> None:
     entry = next(v for v in manifest["valid"] if Path(v["file"]).stem == stem)
