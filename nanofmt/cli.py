@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from . import __version__
+from .demo import DEFAULT_TRAIN_STEPS
 from .errors import NanoError
 
 
@@ -93,12 +94,13 @@ def verify(path: str, as_json: bool) -> None:
 @click.option("--model", type=click.Path(exists=True, file_okay=False), help="An HF model folder to use instead of the built-in one.")
 @click.option("--out", type=click.Path(file_okay=False), help="Where to write the Nano folders (default: the nanofmt cache).")
 @click.option("--policy", default="qkvfp16", show_default=True, help="Conversion policy to demonstrate.")
-@click.option("--train-seconds", default=180.0, show_default=True, help="Training budget of the built-in model (first run only).")
+@click.option("--train-steps", default=DEFAULT_TRAIN_STEPS, show_default=True, help="Training steps of the built-in model (first run only; it is cached).")
 @click.option("--max-new-tokens", default=40, show_default=True)
-def demo(model: str | None, out: str | None, policy: str, train_seconds: float, max_new_tokens: int) -> None:
+@click.option("--eval-tokens", default=2048, show_default=True, help="Tokens of fixed text the quality figures cover.")
+def demo(model: str | None, out: str | None, policy: str, train_steps: int, max_new_tokens: int, eval_tokens: int) -> None:
     """Convert, load and generate on a built-in default, showing sizes and quality.
 
-    Without --model it trains a small Llama-architecture model for a few minutes on Python's own
+    Without --model it trains a small Llama-architecture model (500 steps, a few minutes) on Python's own
     documentation (cached for later runs), converts it with --policy and with the int8 baseline,
     loads both through transformers (trust_remote_code), and compares them with the source.
 
@@ -111,8 +113,9 @@ def demo(model: str | None, out: str | None, policy: str, train_seconds: float, 
             model=model,
             out=out,
             policy=policy,
-            train_seconds=train_seconds,
+            train_steps=train_steps,
             max_new_tokens=max_new_tokens,
+            eval_tokens=eval_tokens,
             progress=lambda msg: click.echo(msg, err=True),
         )
     except NanoError as exc:
