@@ -128,7 +128,7 @@ def run_demo(
     if model is None:
         from nanofmt.converters.tinymodel import build_demo_model
 
-        progress(f"building the demo model in {cache / 'demo-model'} (first run only: {train_steps} training steps, a few minutes)")
+        progress(f"demo model: {cache / 'demo-model'} (trained once, {train_steps} steps, a few minutes; cached after)")
         t = time.perf_counter()
         source_dir = build_demo_model(cache / "demo-model", steps=train_steps, progress=progress)
         timings["build"] = time.perf_counter() - t
