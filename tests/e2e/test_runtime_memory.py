@@ -74,6 +74,8 @@ def test_runtime_memory_peak_load_and_forward(tmp_path: Path) -> None:
     measured = json.loads(run.stdout.strip().splitlines()[-1])
     assert packed > 15  # big enough for the bounds to mean something: its fp32 weights take 110 MiB
     for m in measured.values():
-        assert m["load_peak"] - m["base"] <= 1.10 * packed + 16, (measured, packed)
+        # slack for allocator and first-load transients: 16 MiB held here, 35 in a fresh CI clone;
+        # still far below the 110 MiB that materialising the fp32 weights would add
+        assert m["load_peak"] - m["base"] <= 1.10 * packed + 48, (measured, packed)
         # activations (64 tokens: a few MiB), logits, and the chunked path's scratch (about 3x its cap)
         assert m["run_peak"] - m["loaded"] <= 3 * CHUNK_MIB + 16, (measured, packed)
