@@ -10,7 +10,7 @@ Example::
     from nanofmt.converters.tinymodel import build_demo_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = build_demo_model("/tmp/demo_model", progress=print)
+    path = build_demo_model("demo-model", progress=print)
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path)
     ids = tok("The for statement", return_tensors="pt").input_ids
