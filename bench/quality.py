@@ -415,7 +415,7 @@ def verdict(ok: bool, what: str) -> str:
 def goals(lm: list[Row] | None, enc: list[Row] | None) -> list[str]:
     """The issue's goals, each with the row that answers it and the ratio."""
     out = []
-    by = {r.label: r for r in (lm or []) + (enc or [])}
+    by = {r.label: r for r in lm or []}
     kl = lambda r: r.metrics["kl"]  # noqa: E731
     if lm:
         r, q4, hqq = best(lm, 4.5, kl), by["GGUF Q4_0"], by["HQQ 4-bit g64"]
