@@ -24,8 +24,10 @@ with labels sampled from the model, so that half the sum predicts the mean KL ("
 plain squared error, which maximises the pooled weight SQNR. MiniLM has no next-token head: no
 calibrated rows there.
 
-Usage: .venv/bin/python bench/quality.py [--quick] [--models smollm2,minilm] [--cache DIR]
-(--cache keeps the anchors' decoded weights between runs). Plot: bench/out/quality_kl_vs_bpw.png.
+Usage: .venv/bin/python bench/quality.py [--quick | --full] [--models smollm2,minilm] [--cache DIR] [--report-only]
+--cache keeps the anchors' decoded weights between runs (HQQ takes minutes on CPU); --report-only
+prints the report and the plot again from the last run's bench/out/quality.json. Writes
+bench/out/quality_kl_vs_bpw.png (log-scale KL against bits per weight, every method).
 """
 
 from __future__ import annotations
@@ -421,7 +423,7 @@ def goals(lm: list[Row] | None, enc: list[Row] | None) -> list[str]:
         r, q4, hqq = best(lm, 4.5, kl), by["GGUF Q4_0"], by["HQQ 4-bit g64"]
         if r:
             a, b = kl(r) / kl(q4), kl(r) / kl(hqq)
-            out.append(f"<= 4.5 bpw: {r.label} at {r.bpw:.4f} bpw, mean KL {kl(r):.5f}")
+            out.append(f"<= 4.5 bpw: {r.label} at {r.bpw:.4f} bpw, mean KL {kl(r):.5f}; greedy answer: {r.sample!r}")
             out.append("    " + verdict(a <= 0.5, f"{a:.2f}x GGUF Q4_0's {kl(q4):.5f} (goal <= 0.5x)"))
             out.append("    " + verdict(b <= 0.7, f"{b:.2f}x HQQ 4-bit g64's {kl(hqq):.5f} (goal <= 0.7x)"))
         qkv = next(r for r in lm if r.label.startswith("Nano qkvfp16"))
@@ -504,8 +506,10 @@ def plot(lm: list[Row] | None, enc: list[Row] | None, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="1024 tokens, 64 paragraphs, errors from 128 rows per tensor")
-    mode.add_argument("--full", action="store_true", help="4096 tokens, 256 paragraphs (the default)")
+    mode.add_argument(
+        "--quick", action="store_true", help="1024 tokens, 2048 calibration tokens, 64 paragraphs, errors from 128 rows per tensor"
+    )
+    mode.add_argument("--full", action="store_true", help="4096 tokens, 8192 calibration tokens, 256 paragraphs, 256 rows (the default)")
     parser.add_argument("--models", default="smollm2,minilm", help="comma-separated: smollm2, minilm")
     parser.add_argument("--models-dir", type=Path, default=ROOT / "models")
     parser.add_argument("--cache", type=Path, default=None, help="keep the anchors' decoded weights here between runs")

@@ -267,12 +267,15 @@ def estimate_errors(
     their count, and for ``weighted`` by their weight mass: a Fisher diagonal is concentrated in
     few rows (an embedding's frequent tokens) that a strided sample would mostly miss.
     """
+    if max_rows is not None and max_rows < 1:
+        raise ValueError(f"max_rows must be at least 1, got {max_rows}")
     rows, cols = x.shape
     mass = None if weights is None else weights.sum(axis=1, dtype=np.float64)
     if max_rows is None or rows <= max_rows:
         heavy, rest = np.arange(rows), np.empty(0, np.intp)
     else:
-        heavy = np.sort(np.argpartition(mass, rows - max_rows // 2)[rows - max_rows // 2 :]) if mass is not None else np.empty(0, np.intp)
+        k = max_rows // 2 if mass is not None else 0  # no weights: no heavy rows
+        heavy = np.sort(np.argpartition(mass, rows - k)[rows - k :]) if mass is not None and k else np.empty(0, np.intp)
         rest = np.setdiff1d(np.arange(rows), heavy)
     sample = rest[np.linspace(0, len(rest) - 1, (max_rows or 0) - len(heavy)).round().astype(np.intp)] if len(rest) else rest
     pick = np.concatenate([heavy, sample])
