@@ -16,16 +16,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nanofmt import Scheme, open_file, quantize, write_file
+from nanofmt._spec import SCHEMES as SPEC_SCHEMES  # the allowed parameters, never retyped
 from nanofmt.errors import NanoError
 
 schemes = st.one_of(
     st.just(Scheme("int8_row", bits=8)),
-    st.builds(lambda b, g: Scheme("affine", bits=b, group_size=g), st.sampled_from([2, 3, 4, 5, 6, 8]), st.sampled_from([32, 64, 128])),
+    st.builds(lambda b, g: Scheme("affine", bits=b, group_size=g), st.sampled_from(SPEC_SCHEMES["affine"]["bits"]), st.sampled_from(SPEC_SCHEMES["affine"]["group_sizes"])),
     st.builds(
         lambda b, g, m: Scheme("affine_dq", bits=b, group_size=g, meta_bits=m),
-        st.sampled_from([2, 3, 4, 5, 6, 8]),
-        st.sampled_from([32, 64, 128]),
-        st.sampled_from([4, 6, 8]),
+        st.sampled_from(SPEC_SCHEMES["affine_dq"]["bits"]),
+        st.sampled_from(SPEC_SCHEMES["affine_dq"]["group_sizes"]),
+        st.sampled_from(SPEC_SCHEMES["affine_dq"]["meta_bits"]),
     ),
 )
 

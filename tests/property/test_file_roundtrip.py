@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import nanofmt
 from nanofmt import QuantizedTensor, Scheme, dequantize, open_file, quantize, write_file
+from nanofmt._spec import SCHEMES as SPEC_SCHEMES  # the allowed parameters, never retyped
 from nanofmt.floats import f32_to_bf16_bits
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -20,12 +21,12 @@ _names = itertools.count()
 
 SCHEMES = st.one_of(
     st.sampled_from([Scheme("f32"), Scheme("f16"), Scheme("bf16"), Scheme("int8_row", bits=8)]),
-    st.builds(lambda b, g: Scheme("affine", bits=b, group_size=g), st.sampled_from([2, 3, 4, 5, 6, 8]), st.sampled_from([32, 64, 128])),
+    st.builds(lambda b, g: Scheme("affine", bits=b, group_size=g), st.sampled_from(SPEC_SCHEMES["affine"]["bits"]), st.sampled_from(SPEC_SCHEMES["affine"]["group_sizes"])),
     st.builds(
         lambda b, g, m: Scheme("affine_dq", bits=b, group_size=g, meta_bits=m),
-        st.sampled_from([2, 3, 4, 5, 6, 8]),
-        st.sampled_from([32, 64, 128]),
-        st.sampled_from([4, 6, 8]),
+        st.sampled_from(SPEC_SCHEMES["affine_dq"]["bits"]),
+        st.sampled_from(SPEC_SCHEMES["affine_dq"]["group_sizes"]),
+        st.sampled_from(SPEC_SCHEMES["affine_dq"]["meta_bits"]),
     ),
 )
 
