@@ -3,7 +3,6 @@ encoder through AutoModel, against the converter's own decoded copy run by trans
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,12 +16,7 @@ from nanofmt.loaders.nano_modules import NanoEmbedding, NanoLinear, NanoTiedHead
 IDS = torch.tensor([[5, 17, 3, 99, 42, 7, 150, 64, 8, 200, 1]])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def converted(src: Path, tmp: Path, policy: str) -> tuple[Path, Path]:

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +25,7 @@ from nanofmt.loaders.nano_modules import NanoEmbedding, NanoLinear, NanoTiedHead
 IDS = torch.tensor([[5, 17, 3, 99, 42, 7, 150, 64, 8], [1, 2, 3, 4, 5, 6, 7, 8, 9]])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models; a shared machine punishes a second waiting thread
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
