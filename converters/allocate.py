@@ -259,6 +259,9 @@ def estimate_errors(
 ) -> dict[str, float]:
     """Predicted error of storing ``x`` under ``scheme`` by each proxy, from one quantize -> dequantize of sampled rows.
 
+    ``x`` is a 2-D array, or anything with a ``shape`` whose ``x[indices]`` gives those rows
+    (a memory-mapped source tensor): only the sampled rows are read.
+
     Returns ``{"sse": sum((x - x')^2), "relative": sse / mean(x^2)}``, plus
     ``"weighted": sum(weights * (x - x')^2)`` given ``weights`` (the shape of ``x``, e.g. a
     diagonal Fisher), each estimated for the whole tensor. With more than ``max_rows`` rows
@@ -269,7 +272,7 @@ def estimate_errors(
     """
     if max_rows is not None and max_rows < 1:
         raise ValueError(f"max_rows must be at least 1, got {max_rows}")
-    rows, cols = x.shape
+    rows, cols = x.shape[0], x.shape[1]
     mass = None if weights is None else weights.sum(axis=1, dtype=np.float64)
     if max_rows is None or rows <= max_rows:
         heavy, rest = np.arange(rows), np.empty(0, np.intp)
@@ -284,7 +287,10 @@ def estimate_errors(
     h, per_row = len(heavy), err.sum(axis=1)
     scale = len(rest) / len(sample) if len(sample) else 0.0
     sse = float(per_row[:h].sum() + scale * per_row[h:].sum())
-    power = float(np.square(x, dtype=np.float64).mean())
+    # the signal power from the rows read (the strided sample stands for the rest), so that a
+    # memory-mapped tensor is never read whole
+    power_rows = np.square(xs, dtype=np.float64).sum(axis=1)
+    power = float((power_rows[:h].sum() + scale * power_rows[h:].sum()) / (rows * cols))
     out = {"sse": sse, "relative": sse / power if power > 0 else 0.0}
     if weights is not None and mass is not None:
         w_row = (err * weights[pick]).sum(axis=1)

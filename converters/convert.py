@@ -12,13 +12,17 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
+
 import nanofmt
 
 from .atomic import check_destination, staging, terminate_as_interrupt
+from .auto import Target, auto_policy
 from .card import model_card
 from .errors import ConvertError
 from .folder import write_folder
-from .plan import Plan, make_plan
+from .gate import quality_gate as quality_gate_of
+from .plan import Plan, make_plan, parse_size
 from .policy import Policy, load_policy
 from .report import ConversionReport, build_report
 from .skeleton import analyze
@@ -59,6 +63,12 @@ def convert(
     force: bool = False,
     progress: Callable[[ProgressEvent], None] | None = None,
     workers: int | None = None,
+    target_bpw: float | None = None,
+    max_size: int | str | None = None,
+    calibration: str | os.PathLike[str] | None = None,
+    quality_gate: float | None = None,
+    gate_text: str | os.PathLike[str] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> ConversionReport:
     """Convert a Hugging Face model folder (or hub id) into a self-contained Nano folder.
 
@@ -74,6 +84,18 @@ def convert(
         force: replace a non-empty ``dst``.
         progress: called with a :class:`ProgressEvent` after each tensor.
         workers: encoding processes (default: one per core, up to 4, for models over 16M quantized weights).
+        target_bpw: choose a scheme per Linear/Embedding weight automatically (:mod:`.auto`) so that
+            they average at most this many bits per weight, minimising the predicted error; ``policy``,
+            ``bits`` and ``group_size`` do not apply then (``keep`` and ``keep_dtype`` do).
+        max_size: likewise, with the weight files (kept tensors and headers included) at most this
+            size (``"100MB"`` or bytes).
+        calibration: a text file: with ``target_bpw``/``max_size``, weight each tensor's error by the
+            model's Fisher information on this text (needs torch and transformers) instead of the
+            data-free proxy.
+        quality_gate: the largest mean KL divergence (nats per token) allowed between the result and
+            the per-row int8 baseline on ``gate_text`` (default: fixed Python documentation text);
+            a result beyond it is not published (``quality_gate_failed``). Needs torch and transformers.
+        log: called with a line of text for the slower phases (measuring, calibrating, gating).
 
     Returns:
         A :class:`ConversionReport` (sizes, schemes, SQNR per tensor, timings).
@@ -83,23 +105,66 @@ def convert(
         KeyboardInterrupt: on Ctrl-C or SIGTERM, after removing the partial output.
     """
     started = time.perf_counter()
+    target = None if target_bpw is None and max_size is None else Target(target_bpw, parse_size(max_size))
+    if calibration is not None and target is None:
+        raise ValueError("a calibration text sharpens --target-bpw / --max-size: give one of them too")
     chosen = load_policy(policy).with_overrides(bits=bits, group_size=group_size, keep=tuple(keep), keep_dtype=keep_dtype)
     folder = resolve_source(src)
     out = Path(dst)
     if not dry_run:
         check_destination(out, force=force, protect=folder)
+    text = _read_text(gate_text, "gate text") if gate_text is not None else None
     with open_source(folder) as source:
         skeleton = analyze(folder)
         analyzed = time.perf_counter()
-        plan = make_plan(source, skeleton, chosen, max_shard_size=max_shard_size, extra={"producer": PRODUCER})
+        extra = {"producer": PRODUCER}
+        if target is None:
+            plan = make_plan(source, skeleton, chosen, max_shard_size=max_shard_size, extra=extra)
+        else:
+            fisher = _fisher(folder, _read_text(calibration, "calibration text"), log) if calibration is not None else None
+            _, plan, _ = auto_policy(
+                source, skeleton, target, keep=keep, keep_dtype=chosen.keep_dtype, fisher=fisher, max_shard_size=max_shard_size, extra=extra, progress=log
+            )
+        allocated = time.perf_counter()
         name = _source_name(src, folder)
         if dry_run:
             return build_report(plan, source=name, destination=str(out), source_bytes=source.nbytes, dry_run=True)
         with terminate_as_interrupt(), staging(out, force=force) as tmp:
             report = _write(plan, source, tmp, name=name, destination=str(out), workers=workers, progress=progress)
-            report.timings = {"analyze_s": analyzed - started, **report.timings, "total_s": time.perf_counter() - started}
+            if quality_gate is not None:
+                report.gate = _gate(folder, tmp, quality_gate, text, log)
+            report.timings = {"analyze_s": analyzed - started, "allocate_s": allocated - analyzed, **report.timings, "total_s": time.perf_counter() - started}
             report.seconds = report.timings["total_s"]
     return report
+
+
+def _read_text(path: str | os.PathLike[str] | None, what: str) -> str:
+    assert path is not None
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConvertError("calibration_invalid", f"cannot read the {what} {path}: {exc}") from None
+    if not text.strip():
+        raise ConvertError("calibration_invalid", f"the {what} {path} is empty")
+    return text
+
+
+def _fisher(folder: Path, text: str, log: Callable[[str], None] | None) -> dict[str, np.ndarray]:
+    from .calibrate import fisher_diagonal
+
+    if log is not None:
+        log("calibrating: Fisher information of the source model on the calibration text")
+    return fisher_diagonal(folder, text)
+
+
+def _gate(source: Path, result: Path, max_kl: float, text: str | None, log: Callable[[str], None] | None) -> dict[str, object]:
+    """Run the quality gate on the finished temporary folder; a failure removes it (nothing is published)."""
+    gate = quality_gate_of(source, result, max_kl=max_kl, text=text, progress=log)
+    if not gate.passed:
+        raise ConvertError("quality_gate_failed", gate.summary() + "; nothing was written")
+    with open(result / "README.md", "a", encoding="utf-8") as card:
+        card.write(f"\n## Quality gate\n\n{gate.summary()}.\n")
+    return gate.to_json()
 
 
 def _write(plan: Plan, source: Source, tmp: Path, *, name: str, destination: str, workers: int | None, progress: Callable[[ProgressEvent], None] | None) -> ConversionReport:

@@ -21,6 +21,9 @@ Reasons:
     dst_is_source         the destination is the source folder or contains it
     dst_unwritable        the destination's parent cannot hold a new folder
     write_failed          writing the output failed (full disk, I/O error)
+    budget_too_small      --target-bpw / --max-size below the cheapest scheme for every tensor
+    calibration_invalid   a calibration text or statistics file that cannot be used
+    quality_gate_failed   --quality-gate: the result is further from the 8-bit baseline than allowed
 """
 
 from __future__ import annotations

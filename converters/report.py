@@ -53,7 +53,8 @@ class ConversionReport:
     seconds: float = 0.0
     workers: int = 1
     warnings: list[str] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)  # analyze_s, stream_s, total_s
+    timings: dict[str, float] = field(default_factory=dict)  # analyze_s, allocate_s, stream_s, total_s
+    gate: dict[str, Any] | None = None  # the quality gate's figures, when one ran (converters/gate.py)
 
     @property
     def stored(self) -> list[TensorRow]:
@@ -122,6 +123,7 @@ class ConversionReport:
             "seconds": round(self.seconds, 3),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "workers": self.workers,
+            "quality_gate": self.gate,
             "tensors": [asdict(t) for t in self.tensors],
         }
 
@@ -185,6 +187,16 @@ def format_report(report: ConversionReport, *, per_tensor: bool | None = None) -
         lines.append(
             f"{report.seconds:.1f} s in all ({report.timings.get('analyze_s', 0.0):.1f} s reading the architecture); "
             f"streaming {t['parameters'] / streamed / 1e6:.1f} M weights/s with {report.workers} worker process(es)"
+        )
+    allocation = report.policy.get("overrides", {}).get("allocation")
+    if allocation:
+        predicted = f", predicted mean KL {allocation['predicted_mean_kl']:.4f}" if "predicted_mean_kl" in allocation else ""
+        lines.append(f"allocation ({allocation['proxy']} proxy): {allocation['bits_per_weight']:.4f} bits per weight over {allocation['weights']:,} weights{predicted}")
+    if report.gate is not None:
+        g = report.gate
+        lines.append(
+            f"quality gate passed: KL(int8 baseline || result) {g['gap_kl']:.4f} <= {g['max_kl']:g} over {g['tokens']} tokens; "
+            f"perplexity source {g['ppl']['source']:.3f}, int8 {g['ppl']['baseline']:.3f}, result {g['ppl']['result']:.3f}"
         )
     for r in (r for r in report.tensors if r.fallback):
         lines.append(f"fallback: {r.name}: {r.fallback}")

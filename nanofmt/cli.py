@@ -153,6 +153,11 @@ class _ProgressBar:
 @click.option("--keep-dtype", type=click.Choice(["source", "f16", "bf16", "f32"]), help="dtype of kept tensors (default: the policy's, usually source).")
 @click.option("--max-shard-size", metavar="SIZE", help="Split the output into shards of at most SIZE (e.g. 2GB, 500MB).")
 @click.option("--workers", type=click.IntRange(min=1), help="Encoding processes (default: one per core, up to 4, for large models).")
+@click.option("--target-bpw", type=float, metavar="BITS", help="Pick a scheme per Linear/Embedding weight to minimise predicted error at this many bits per weight (replaces --policy/--bits/--group-size).")
+@click.option("--max-size", metavar="SIZE", help="Like --target-bpw, with the weight files at most SIZE in all (e.g. 80MB).")
+@click.option("--calibration", type=click.Path(exists=True, dir_okay=False), help="A text file: weight --target-bpw/--max-size errors by the model's Fisher information on it (needs torch).")
+@click.option("--quality-gate", type=float, metavar="KL", help="Fail, writing nothing, if the mean KL (nats/token) between the result and the int8 baseline exceeds KL (needs torch).")
+@click.option("--gate-text", type=click.Path(exists=True, dir_okay=False), help="Text for --quality-gate (default: fixed Python documentation text).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and predicted sizes; write nothing.")
 @click.option("--force", is_flag=True, help="Replace DST if it exists and is not empty.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
@@ -166,6 +171,11 @@ def convert_command(
     keep_dtype: str | None,
     max_shard_size: str | None,
     workers: int | None,
+    target_bpw: float | None,
+    max_size: str | None,
+    calibration: str | None,
+    quality_gate: float | None,
+    gate_text: str | None,
     dry_run: bool,
     force: bool,
     as_json: bool,
@@ -182,6 +192,8 @@ def convert_command(
       nanofmt convert ./model ./model-int8 --policy int8 --json
       nanofmt convert ./model ./model-nano --bits 8 --keep 'lm_head.weight' --dry-run
       nanofmt convert Qwen/Qwen2.5-3B-Instruct ./qwen-nano --max-shard-size 2GB
+      nanofmt convert ./model ./model-auto --target-bpw 4.5 --calibration notes.txt --quality-gate 0.1
+      nanofmt convert ./model ./model-auto --max-size 80MB --dry-run
     """
     from .converters import ConvertError, convert, format_report
 
@@ -200,6 +212,12 @@ def convert_command(
             force=force,
             progress=bar,
             workers=workers,
+            target_bpw=target_bpw,
+            max_size=max_size,
+            calibration=calibration,
+            quality_gate=quality_gate,
+            gate_text=gate_text,
+            log=lambda line: click.echo(line, err=True),
         )
     except (ConvertError, NanoError) as exc:
         _fail(exc)

@@ -46,16 +46,29 @@ def build_tiny(name: str, out: Path, *, seed: int = 0, shard_size: str | None = 
     return out
 
 
+def add_char_tokenizer(folder: Path) -> Path:
+    """Give a tiny model folder a character-level tokenizer (printable ASCII and newline, ids < 100):
+    enough for code that reads text through the model's own tokenizer (the quality gate)."""
+    tokenizers = pytest.importorskip("tokenizers")
+    transformers = pytest.importorskip("transformers")
+    vocab = {"<unk>": 0, **{chr(c): i + 1 for i, c in enumerate([10, *range(32, 127)])}}
+    backend = tokenizers.Tokenizer(tokenizers.models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    transformers.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>").save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
-    """``tiny_model(name, shard_size=None)``: the folder of a tiny model, built once per session."""
-    cache: dict[tuple[str, str | None], Path] = {}
+    """``tiny_model(name, shard_size=None, tokenizer=False)``: the folder of a tiny model, built once per session."""
+    cache: dict[tuple[str, str | None, bool], Path] = {}
 
-    def get(name: str, shard_size: str | None = None) -> Path:
-        key = (name, shard_size)
+    def get(name: str, shard_size: str | None = None, tokenizer: bool = False) -> Path:
+        key = (name, shard_size, tokenizer)
         if key not in cache:
             folder = tmp_path_factory.mktemp(f"{name}-{shard_size or 'single'}")
             cache[key] = build_tiny(name, folder, shard_size=shard_size)
+            if tokenizer:
+                add_char_tokenizer(folder)
         return cache[key]
 
     return get
