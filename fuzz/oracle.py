@@ -58,6 +58,9 @@ def _seed_tensors() -> Iterator[tuple[str, dict[str, Any]]]:
             )
     embed = quantize(values(4, 64), Scheme("affine_dq", bits=4, group_size=32, meta_bits=6))
     yield "tied", {"embed": embed, "head": "embed", "norm": quantize(values(1, 64)[0], Scheme("f32"))}
+    # format 1.1: the transform's field and its signs component, tied and beside a 1.0 tensor
+    rotated = quantize(values(2, 64), Scheme("affine", bits=4, group_size=32, transform="hadamard", transform_block=16))
+    yield "hadamard", {"w": rotated, "head": "w", "plain": quantize(values(2, 40), Scheme("int8_row", bits=8))}
 
 
 @functools.cache

@@ -1,7 +1,8 @@
 """nanofmt: an openly specified, quantized storage format for language models.
 
-The core is pure numpy: quantize and dequantize every scheme of SPEC.md, pack bits, and read,
-write and validate Nano files. The torch runtime lives in ``nanofmt.loaders`` and the Hugging
+The core is pure numpy: quantize and dequantize every scheme of SPEC.md (with its transform:
+``nanofmt.transforms`` holds the ``hadamard`` rotation's functions), pack bits, and read, write
+and validate Nano files. The torch runtime lives in ``nanofmt.loaders`` and the Hugging
 Face converter in ``nanofmt.converters``.
 
 Example:

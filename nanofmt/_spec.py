@@ -4,8 +4,8 @@ from typing import Any
 
 FORMAT_NAME = 'nano'
 METADATA_KEY = 'nanofmt'
-VERSIONS_READABLE = ((1, 0),)
-VERSION_WRITTEN = (1, 0)
+VERSIONS_READABLE = ((1, 0), (1, 1))
+VERSION_WRITTEN = (1, 1)
 DTYPE_SIZES: Any = {'F32': 4, 'F16': 2, 'BF16': 2, 'U8': 1, 'I8': 1}
 SOURCE_DTYPES = ('f32', 'f16', 'bf16')
 SCHEMES: Any = {'f32': {'id': 0, 'name': 'f32', 'kind': 'passthrough', 'stored_dtype': 'F32'},
@@ -53,7 +53,13 @@ SCHEMES: Any = {'f32': {'id': 0, 'name': 'f32', 'kind': 'passthrough', 'stored_d
                               {'role': 'super_offsets',
                                'dtype': 'F16',
                                'shape': '[rows, ceil(groups / block_groups)]'}]}}
-TRANSFORMS: Any = {'none': 0}
+TRANSFORMS: Any = {'none': 0, 'hadamard': 1}
+TRANSFORM_SPECS: Any = {'none': {'id': 0, 'name': 'none', 'since': '1.0'},
+ 'hadamard': {'id': 1,
+              'name': 'hadamard',
+              'since': '1.1',
+              'transform_blocks': [16, 64, 256, 1024, 4096],
+              'components': [{'role': 'signs', 'dtype': 'U8', 'shape': '[cols / 8]'}]}}
 LIMITS: Any = {'max_header_bytes': 104857600,
  'max_metadata_bytes': 67108864,
  'max_tensors': 1000000,
@@ -80,6 +86,7 @@ REASONS: Any = {'file_unreadable': 'malformed',
  'scheme_unknown': 'unsupported',
  'scheme_params_invalid': 'malformed',
  'transform_unknown': 'unsupported',
+ 'transform_params_invalid': 'malformed',
  'shape_invalid': 'malformed',
  'limit_exceeded': 'malformed',
  'name_invalid': 'malformed',

@@ -2,7 +2,9 @@
 
 :func:`quantize` turns a float array into a :class:`QuantizedTensor` (the stored components
 of one logical tensor); :func:`dequantize` turns it back, exactly as SPEC.md's
-"Dequantization" section prescribes, optionally for a range of rows only.
+"Dequantization" section prescribes, optionally for a range of rows only. A record's transform
+(``hadamard``, ``transforms.py``) wraps its scheme: quantize rotates the rows first, dequantize
+unrotates the scheme's binary32 values before the final cast.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from ._spec import SCHEMES
+from ._spec import SCHEMES, TRANSFORM_SPECS
 from .bits import unpack_rows
 from .errors import error
 from .floats import bf16_bits_to_f32, cast_f32, f32_to_bf16_bits
 from .quantize import F16_MAX, encode_affine, encode_affine_dq, encode_int8_row
 from .schemes import Scheme, component_layout
+from .transforms import default_signs, hadamard_rotate, hadamard_unrotate, pack_signs, unpack_signs
 
 __all__ = ["QuantizedTensor", "quantize", "dequantize", "Codec"]
 
@@ -209,13 +212,40 @@ def _check_registry() -> None:
 _check_registry()
 
 
-def quantize(values: NDArray[np.generic], scheme: Scheme, *, dtype: str | None = None) -> QuantizedTensor:
+def _check_range(x: NDArray[np.float32]) -> None:
+    lo, hi = float(x.min()), float(x.max())  # NaN propagates through both; two passes, no temporaries
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError("values hold NaN or infinity")
+    if max(hi, -lo) > F16_MAX / 2:
+        raise ValueError(f"values exceed +-{F16_MAX / 2:g}, beyond what fp16 scales and offsets can carry")
+
+
+def _signs_for(scheme: Scheme, cols: int, seed: int, signs: NDArray[np.generic] | None) -> NDArray[np.bool_] | None:
+    if scheme.transform != "hadamard":
+        if signs is not None:
+            raise ValueError(f"signs apply to the hadamard transform, not {scheme.transform!r}")
+        return None
+    if signs is None:
+        return default_signs(cols, seed)
+    chosen = np.asarray(signs)
+    if chosen.dtype != np.bool_ or chosen.shape != (cols,):
+        raise ValueError(f"signs must be a bool array of shape ({cols},), got {chosen.dtype} {chosen.shape}")
+    return chosen
+
+
+def quantize(
+    values: NDArray[np.generic], scheme: Scheme, *, dtype: str | None = None, seed: int = 0, signs: NDArray[np.generic] | None = None
+) -> QuantizedTensor:
     """Quantize a float array under ``scheme``.
 
     Args:
         values: float32/float16 array (or bf16 as ``uint16`` bits with ``dtype="bf16"``).
         scheme: the target scheme; quantized schemes take 2-D arrays.
         dtype: the logical tensor's original dtype; inferred from ``values`` when omitted.
+        seed: for a ``hadamard`` scheme, the seed of the column signs
+            (:func:`nanofmt.transforms.default_signs`); the same seed gives the same bytes.
+        signs: for a ``hadamard`` scheme, the column signs themselves (bool, True = -1, one per
+            column), instead of drawing them from ``seed``.
 
     Returns:
         The stored components, ready for :func:`nanofmt.write_file`.
@@ -236,13 +266,16 @@ def quantize(values: NDArray[np.generic], scheme: Scheme, *, dtype: str | None =
         raise ValueError(f"cannot quantize values of dtype {array.dtype}; give float32, float16 or bf16 bits")
     x = bf16_bits_to_f32(array) if source == "bf16" and array.dtype == np.uint16 else np.asarray(array, dtype=np.float32)
     scheme.check(tuple(x.shape))
+    chosen = _signs_for(scheme, x.shape[-1] if x.ndim else 0, seed, signs)
     if not scheme.is_passthrough and x.size:
-        lo, hi = float(x.min()), float(x.max())  # NaN propagates through both; two passes, no temporaries
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            raise ValueError("values hold NaN or infinity")
-        if max(hi, -lo) > F16_MAX / 2:
-            raise ValueError(f"values exceed +-{F16_MAX / 2:g}, beyond what fp16 scales and offsets can carry")
+        _check_range(x)
+        if chosen is not None:
+            assert scheme.transform_block is not None
+            x = hadamard_rotate(x, scheme.transform_block, chosen)  # what the scheme stores: u = (w * s) H
+            _check_range(x)  # a rotation can raise a row's largest magnitude by up to sqrt(block)
     parts = Codec.registry[scheme.kind].encode(x, scheme)
+    if chosen is not None:
+        parts["signs"] = pack_signs(chosen)
     return QuantizedTensor(tuple(x.shape), source, scheme, parts)
 
 
@@ -275,7 +308,8 @@ def dequantize(
     row_range = slice(None) if rows is None else rows
     if rows is not None and (row_range.step not in (None, 1) or not qt.shape):
         raise ValueError("rows must be a contiguous slice of a tensor with at least one dimension")
-    parts = dict(qt.parts) if rows is None else {role: p[row_range] for role, p in qt.parts.items()}
+    # the transform's components (signs) are per column, not per row: never sliced
+    parts = {role: p if rows is None or role in _TRANSFORM_ROLES else p[row_range] for role, p in qt.parts.items()}
     first = next(iter(parts.values()))
     shape = (first.shape[0], *qt.shape[1:]) if qt.shape else ()
     if out is not None and not (
@@ -288,7 +322,30 @@ def dequantize(
         raise ValueError(f"out must be a writeable C-contiguous {OUTPUT_DTYPES[target]} array of shape {shape}")
     if math.prod(shape) == 0:
         return _finish(np.zeros(shape, np.float32), target, out)
+    if qt.scheme.transform == "hadamard":
+        return _decode_hadamard(parts, qt.scheme, shape, target, out)
     return Codec.registry[qt.scheme.kind].decode(parts, qt.scheme, shape, target, out)
+
+
+_TRANSFORM_ROLES = frozenset(c["role"] for t in TRANSFORM_SPECS.values() for c in t.get("components", []))
+
+
+def _decode_hadamard(
+    parts: dict[str | None, NDArray[np.generic]], scheme: Scheme, shape: tuple[int, ...], dtype: str, out: NDArray[np.generic] | None
+) -> NDArray[np.generic]:
+    """SPEC.md 10.6: the scheme's binary32 values u, then w = (u H) * s row by row, then the final cast."""
+    assert scheme.transform_block is not None
+    rows, cols = shape
+    signs = unpack_signs(parts.pop("signs"), cols)
+    values: NDArray[np.float32] = out if dtype == "f32" and out is not None else np.empty(shape, np.float32)  # type: ignore[assignment]
+    Codec.registry[scheme.kind].decode(parts, scheme, shape, "f32", values)
+    step = max(1, DECODE_CHUNK // cols)  # a few rows at a time, so the transform's passes stay in cache
+    for r in range(0, rows, step):
+        chunk = values[r : r + step]
+        hadamard_unrotate(chunk, scheme.transform_block, signs, out=chunk)
+    if dtype == "f32":
+        return values
+    return _finish(values, dtype, out)
 
 
 def expected_layout(qt: QuantizedTensor, name: str = "x") -> dict[str | None, tuple[str, tuple[int, ...]]]:

@@ -13,19 +13,22 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._spec import LIMITS, METADATA_KEY, SOURCE_DTYPES, VERSIONS_READABLE
+from ._spec import LIMITS, METADATA_KEY, SOURCE_DTYPES, TRANSFORM_SPECS, VERSIONS_READABLE
 from .container import Entry, Header, _is_int, check_name, check_shape, load_json, preview
 from .errors import NanoError, error
 from .schemes import Scheme, component_layout
 
-__all__ = ["Record", "FileRecords", "parse_records", "render_records", "CHECKSUM_PLACEHOLDER", "format_checksum"]
+__all__ = ["Record", "FileRecords", "parse_records", "render_records", "lowest_version", "CHECKSUM_PLACEHOLDER", "format_checksum"]
 
 # fullmatch, never "$": "$" also matches before a trailing newline, so "1.0\n" would pass.
 VERSION_PATTERN = re.compile(r"(0|[1-9][0-9]{0,5})\.(0|[1-9][0-9]{0,5})")
 CHECKSUM_PATTERN = re.compile(r"crc32:[0-9a-f]{8}")
 CHECKSUM_PLACEHOLDER = "crc32:00000000"  # same width as any real value, so the header can be patched in place
-SCHEME_FIELDS = ("scheme", "bits", "group_size", "meta_bits", "transform")
+SCHEME_FIELDS = ("scheme", "bits", "group_size", "meta_bits", "transform", "transform_block")
 KNOWN_FIELDS = {"shape", "dtype", "tie", "checksum", *SCHEME_FIELDS}
+# Record fields a minor version added. In a file declaring an older version they are fields its
+# readers do not know, so they are ignored there, as such a reader would (SPEC.md 5).
+FIELD_SINCE = {"transform_block": tuple(int(p) for p in TRANSFORM_SPECS["hadamard"]["since"].split("."))}
 
 
 def format_checksum(crc: int) -> str:
@@ -75,7 +78,8 @@ def _field(raw: dict[str, Any], key: str, kind: type | tuple[type, ...], name: s
     return value
 
 
-def _parse_record(name: str, raw: Any) -> Record:
+def _parse_record(name: str, raw: Any, version: tuple[int, int]) -> Record:
+    known = {f for f in KNOWN_FIELDS if FIELD_SINCE.get(f, (1, 0)) <= version}
     check_name(name)
     if not isinstance(raw, dict):
         raise error("record_field_invalid", "a record must be a JSON object", tensor=name)
@@ -83,10 +87,10 @@ def _parse_record(name: str, raw: Any) -> Record:
     dtype = _field(raw, "dtype", str, name)
     if dtype not in SOURCE_DTYPES:
         raise error("record_field_invalid", f"dtype must be one of {SOURCE_DTYPES}, found {preview(dtype)}", tensor=name, field="dtype")
-    extra = {k: v for k, v in raw.items() if k not in KNOWN_FIELDS}
+    extra = {k: v for k, v in raw.items() if k not in known}
     tie = _field(raw, "tie", str, name, required=False)
     if tie is not None:
-        stray = [k for k in (*SCHEME_FIELDS, "checksum") if k in raw]
+        stray = [k for k in (*SCHEME_FIELDS, "checksum") if k in raw and k in known]
         if stray:
             raise error("record_field_invalid", f"a tie carries no {stray[0]}", tensor=name, field=stray[0])
         return Record(name, shape, dtype, tie=tie, extra=extra)
@@ -96,8 +100,9 @@ def _parse_record(name: str, raw: Any) -> Record:
         group_size=_field(raw, "group_size", int, name, required=False),
         meta_bits=_field(raw, "meta_bits", int, name, required=False),
         transform=_field(raw, "transform", str, name),
+        transform_block=_field(raw, "transform_block", int, name, required=False) if "transform_block" in known else None,
     )
-    scheme.check(shape, tensor=name)
+    scheme.check(shape, tensor=name, version=version)
     checksum = _field(raw, "checksum", str, name)
     if not CHECKSUM_PATTERN.fullmatch(checksum):
         raise error("checksum_invalid", f"checksum must look like crc32:0123abcd, found {preview(checksum, 40)}", tensor=name, field="checksum")
@@ -164,7 +169,7 @@ def parse_records(header: Header) -> FileRecords:
     records: dict[str, Record] = {}
     for name, value in tensors.items():
         try:
-            records[name] = _parse_record(name, value)
+            records[name] = _parse_record(name, value, version)
         except NanoError as exc:
             raise exc.with_context(tensor=name) from None
     owner: dict[str, str] = {}
@@ -181,6 +186,23 @@ def parse_records(header: Header) -> FileRecords:
     return FileRecords(version, records, extra)
 
 
-def render_records(version: tuple[int, int], records: list[Record], extra: dict[str, Any]) -> str:
+def lowest_version(records: list[Record]) -> tuple[int, int]:
+    """The lowest format version that expresses these records (SPEC.md 5): 1.1 if any uses ``hadamard``, else 1.0."""
+    return max((r.scheme.min_version for r in records if r.scheme is not None), default=(1, 0))
+
+
+def render_records(newest: tuple[int, int], records: list[Record], extra: dict[str, Any]) -> str:
+    """The metadata JSON text, declaring the lowest version that expresses ``records``.
+
+    ``newest`` is the newest version the caller writes (normally ``VERSION_WRITTEN``); writers
+    MUST declare the lowest one that expresses the file, so a file without 1.1 features stays
+    1.0 and readers of 1.0 keep reading it.
+
+    Raises:
+        ValueError: the records need a version newer than ``newest``.
+    """
+    version = lowest_version(records)
+    if version > newest:
+        raise ValueError(f"these records need format {version[0]}.{version[1]}, newer than {newest[0]}.{newest[1]}")
     body = {"format_version": f"{version[0]}.{version[1]}", **extra, "tensors": {r.name: r.to_json() for r in records}}
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)

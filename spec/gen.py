@@ -35,6 +35,7 @@ def render_constants(spec: dict) -> str:
         "SOURCE_DTYPES": tuple(spec["source_dtypes"]),
         "SCHEMES": schemes,
         "TRANSFORMS": {t["name"]: t["id"] for t in spec["transforms"]},
+        "TRANSFORM_SPECS": {t["name"]: {k: v for k, v in t.items() if not k.startswith("$")} for t in spec["transforms"]},
         "LIMITS": {k: v["value"] for k, v in spec["limits"].items()},
         "REASONS": {k: v["category"] for k, v in spec["errors"].items() if not k.startswith("$")},
         "CHECKSUM_ALGORITHM": spec["checksum"]["algorithm"],
@@ -76,6 +77,13 @@ def render_blocks(spec: dict) -> dict[str, str]:
         for c in s.get("components", [{"role": "(the logical name itself)", "dtype": s.get("stored_dtype", ""), "shape": "the logical shape"}]):
             role = c["role"] if c["role"].startswith("(") else f"`{c['role']}`"
             components.append([f"`{s['name']}`", role, f"`{c['dtype']}`", f"`{c['shape']}`"])
+    for t in spec["transforms"]:
+        for c in t.get("components", []):
+            components.append([f"any quantized + `{t['name']}`", f"`{c['role']}`", f"`{c['dtype']}`", f"`{c['shape']}`"])
+    transforms = []
+    for t in spec["transforms"]:
+        params = "transform_block " + ", ".join(map(str, t["transform_blocks"])) if "transform_blocks" in t else "-"
+        transforms.append([str(t["id"]), f"`{t['name']}`", t["since"], params])
     limits = [[f"`{k}`", f"{v['value']:,}", v["why"]] for k, v in spec["limits"].items()]
     errors = [[f"`{k}`", v["category"], v["doc"]] for k, v in spec["errors"].items() if not k.startswith("$")]
     dtypes = [[f"`{k}`", str(v)] for k, v in spec["dtypes"].items() if not k.startswith("$")]
@@ -85,7 +93,7 @@ def render_blocks(spec: dict) -> dict[str, str]:
         "limits": _table(["limit", "value", "why"], limits),
         "errors": _table(["reason", "category", "meaning"], errors),
         "dtypes": _table(["safetensors dtype", "bytes per element"], dtypes),
-        "transforms": _table(["id", "transform"], [[str(t["id"]), f"`{t['name']}`"] for t in spec["transforms"]]),
+        "transforms": _table(["id", "transform", "since", "parameters"], transforms),
     }
 
 

@@ -26,6 +26,7 @@ import tempfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from math import isqrt
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,8 @@ AFFINE_BITS = SCHEMES["affine"]["bits"]
 GROUPS = SCHEMES["affine"]["group_sizes"]
 META_BITS = SCHEMES["affine_dq"]["meta_bits"]
 BLOCK = SCHEMES["affine_dq"]["block_groups"]
+TRANSFORMS = {t["name"]: t for t in FORMAT["transforms"]}
+HADAMARD_BLOCKS = TRANSFORMS["hadamard"]["transform_blocks"]
 CASES = ("normal", "tail", "zero", "extreme", "subnormal")
 OUTPUTS = ("f32", "f16", "bf16")
 NUMPY = {"F32": "<f4", "F16": "<f2", "BF16": "<u2", "U8": "u1", "I8": "i1"}
@@ -99,6 +102,36 @@ def affine_values(q: np.ndarray, s: np.ndarray, m: np.ndarray, group: int) -> np
     return product + per_column(m.astype(np.float32), q.shape[1], group)
 
 
+def hadamard_values(u: np.ndarray, block: int, signs: list[bool]) -> np.ndarray:
+    """SPEC.md "The hadamard transform", literally: per row and block, the stages h = 1, 2, ..., block/2 of
+    binary32 additions and subtractions, one pair at a time; then the exact scale 1/sqrt(block) and the signs."""
+    rows, cols = u.shape
+    scale = np.float32(1.0 / isqrt(block))  # block is a power of four: a power of two, exact
+    out = np.empty((rows, cols), np.float32)
+    for r in range(rows):
+        for start in range(0, cols, block):
+            x = [np.float32(v) for v in u[r, start : start + block]]
+            h = 1
+            while h < block:
+                for i in range(block):
+                    if i & h == 0:
+                        a, c = x[i], x[i + h]
+                        x[i], x[i + h] = np.float32(a + c), np.float32(a - c)
+                h *= 2
+            for i, v in enumerate(x):
+                sign = np.float32(-1.0) if signs[start + i] else np.float32(1.0)
+                out[r, start + i] = np.float32(np.float32(v * scale) * sign)
+    return out
+
+
+def pack_signs(signs: list[bool]) -> np.ndarray:
+    """The signs component: bit j % 8 of byte j // 8 is column j, 1 meaning -1."""
+    out = bytearray(-(-len(signs) // 8))
+    for j, negative in enumerate(signs):
+        out[j // 8] |= int(negative) << (j % 8)
+    return np.frombuffer(bytes(out), np.uint8).copy()
+
+
 def to_bf16_bits(x: np.ndarray) -> np.ndarray:
     """binary32 -> bfloat16 bit patterns, round to nearest, ties to even; NaN stays NaN (quiet)."""
     u = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
@@ -134,6 +167,7 @@ class Tensor:
     values: np.ndarray
     tie: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    transform: dict[str, Any] = field(default_factory=lambda: {"transform": "none"})  # transform and its parameters
 
     def stored(self) -> list[tuple[str, str, np.ndarray]]:
         return [(self.name if role is None else f"{self.name}_{role}", dt, a) for role, (dt, a) in self.parts.items()]
@@ -145,7 +179,7 @@ class Tensor:
         for _, dt, a in self.stored():
             crc = zlib.crc32(np.ascontiguousarray(a, NUMPY[dt]).tobytes(), crc)
         checksum = f"crc32:{crc:08x}"
-        return {"shape": list(self.shape), "dtype": self.dtype, **self.params, "transform": "none", "checksum": checksum, **self.extra}
+        return {"shape": list(self.shape), "dtype": self.dtype, **self.params, **self.transform, "checksum": checksum, **self.extra}
 
 
 def passthrough(name: str, scheme: str, stored: np.ndarray, dtype: str | None = None) -> Tensor:
@@ -177,6 +211,13 @@ def affine_dq(name: str, dtype: str, bits: int, group: int, meta: int, q: np.nda
     parts |= {"super_scales": ("F16", ss), "super_offsets": ("F16", so)}
     params = {"scheme": "affine_dq", "bits": bits, "group_size": group, "meta_bits": meta}
     return Tensor(name, dtype, q.shape, params, parts, affine_values(q, s, m, group))
+
+
+def hadamard(t: Tensor, block: int, signs: list[bool]) -> Tensor:
+    """``t`` (whose values are the scheme's u) under the hadamard transform: a signs component, w = (u H) * s."""
+    parts = {**t.parts, "signs": ("U8", pack_signs(signs))}
+    transform = {"transform": "hadamard", "transform_block": block}
+    return Tensor(t.name, t.dtype, t.shape, t.params, parts, hadamard_values(t.values, block, signs), transform=transform)
 
 
 # --- cases ------------------------------------------------------------------------------------
@@ -289,7 +330,11 @@ def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def metadata(tensors: list[Tensor], version: str = "1.0", extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def metadata(tensors: list[Tensor], version: str | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The nanofmt object; by default the lowest version that has every transform the tensors use."""
+    if version is None:
+        since = [TRANSFORMS[t.transform["transform"]]["since"] for t in tensors if t.tie is None]
+        version = max(since, key=lambda v: tuple(map(int, v.split("."))), default="1.0")
     return {"format_version": version, **(extra or {}), "tensors": {t.name: t.record() for t in tensors}}
 
 
@@ -371,8 +416,70 @@ def catalogue() -> list[Vector]:
         Vector("example_affine_dq_block", "example", "SPEC.md worked example: one affine_dq block of 8 groups", example_dq),
         Vector("example_int8_row", "example", "SPEC.md worked example: int8_row",
                lambda d: [int8_row("w", "f16", np.array([[-128, -1, 0, 127], [3, 2, 1, 0]]), f16(0x2C00, 0x3800))]),
+        Vector("example_hadamard_b4_1x16", "example", "SPEC.md worked example: one row of 16 under `hadamard`, block 16", example_hadamard),
     ]
+    hadamard_vectors: list[tuple[str, str, tuple[int, int], int, str, dict[str, Any]]] = [
+        ("affine_dq", "normal", (3, 128), 64, "bf16", {"bits": 4, "group": 32, "meta": 6}),  # two blocks per row
+        ("affine_dq", "normal", (2, 192), 16, "f16", {"bits": 3, "group": 64, "meta": 4}),  # twelve blocks per row
+        ("affine_dq", "normal", (1, 2048), 1024, "bf16", {"bits": 4, "group": 128, "meta": 8}),
+        ("affine", "normal", (2, 48), 16, "f16", {"bits": 4, "group": 32}),  # a short last group
+        ("affine", "normal", (2, 512), 256, "f32", {"bits": 2, "group": 128}),
+        ("affine", "extreme", (2, 64), 64, "f16", {"bits": 8, "group": 32}),
+        ("int8_row", "normal", (2, 4096), 4096, "f16", {}),
+        ("int8_row", "zero", (3, 32), 16, "f32", {}),
+    ]
+    for scheme, case, shape, block, dt, kw in hadamard_vectors:
+        params = "".join(f"_{k[0]}{v}" for k, v in kw.items())
+        stem = f"hadamard_{scheme}{params}_h{block}_{case}"
+        what = f"`hadamard` block {block} over `{scheme}`" + (f" ({', '.join(f'{k} {v}' for k, v in kw.items())})" if kw else "")
+        out.append(Vector(stem, case, what, lambda d, a=(scheme, shape, block, dt), k=(kw, case): [hadamard_case(*a, d, **k[0], case=k[1])]))
+    out.append(Vector("model_hadamard", "tie", "a 1.1 file: a `hadamard` embedding with a tied head, and an int8 tensor without transform", model_hadamard))
     return out
+
+
+def hadamard_case(scheme: str, shape: tuple[int, int], block: int, dtype: str, d: Draw, *, bits: int = 8, group: int = 32, meta: int = 4, case: str = "normal") -> Tensor:
+    """Random codes and metadata of ``scheme``, rotated back by random signs.
+
+    The metadata exponents spread wider than in the 1.0 cases, so that the transform's sums need
+    rounding: a decoder that adds in another order or precision gets other bits.
+    """
+    rows, cols = shape
+    top, groups = 1 << bits, -(-cols // group)
+    if scheme == "int8_row":
+        s = d.f16((rows,), (1, 20), signed=False)
+        if case == "zero":  # a +0 and a -0 scale: the rotation of all-zero rows of either sign
+            s[1:] = f16(0x0000, 0x8000)
+        t = int8_row("w", dtype, d.ints(shape, -128, 128), s)
+    elif scheme == "affine":
+        q = d.ints(shape, 0, top)
+        sc, m = d.f16((rows, groups), (1, 14), signed=False), d.f16((rows, groups), (1, 20), signed=True)
+        if case == "extreme":  # the largest metadata: sums near 2^38, f16 output overflows
+            q = d.pick(shape, [0, top - 1, top - 1, 1])
+            sc, m = np.full((rows, groups), f16(F16_MAX)[0]), np.full((rows, groups), f16(0xFBFF)[0])
+        t = affine("w", dtype, bits, group, q, sc, m)
+    else:
+        blocks = -(-groups // BLOCK)
+        codes = (d.ints((rows, groups), 1, 1 << meta), d.ints((rows, groups), 0, 1 << meta))
+        sup = np.stack([d.f16((rows, blocks), (1, 12), signed=False), d.f16((rows, blocks), (1, 12), signed=True)])
+        t = affine_dq("w", dtype, bits, group, meta, d.ints(shape, 0, top), codes, sup)
+    return hadamard(t, block, [bool(b) for b in d.ints((cols,), 0, 2)])
+
+
+def model_hadamard(d: Draw) -> list[Tensor]:
+    """A hadamard embedding with a tied head next to a tensor without a transform: one 1.1 file."""
+    embed = hadamard_case("affine_dq", (4, 128), 64, "bf16", d, bits=4, group=32, meta=6)
+    embed.name = "model.embed_tokens.weight"
+    down = int8_case("normal", "bf16", d)
+    down.name = "model.layers.0.mlp.down_proj.weight"
+    head = Tensor("lm_head.weight", "bf16", embed.shape, {}, {}, embed.values, tie=embed.name)
+    return [embed, down, head]
+
+
+def example_hadamard(d: Draw) -> list[Tensor]:
+    # the codes 0..15 of 15.1 (scale 0.5, offset -2: u[j] = j/2 - 2) and signs on columns 0, 3 and 8
+    signs = [j in (0, 3, 8) for j in range(16)]
+    t = affine("w", "f16", 4, 32, np.arange(16).reshape(1, 16), f16(0x3800).reshape(1, 1), f16(0xC000).reshape(1, 1))
+    return [hadamard(t, 16, signs)]
 
 
 def model_tied(d: Draw) -> list[Tensor]:
@@ -414,12 +521,25 @@ def base() -> list[Tensor]:
     return [affine("w", "f16", 4, 32, Draw(7).ints((2, 37), 0, 16), s, m)]
 
 
+def hadamard_base(cols: int = 48) -> Tensor:
+    """A valid 1.1 tensor: affine 4-bit, group 32, shape [2, cols], transform hadamard with block 16."""
+    d = Draw(11)
+    groups = -(-cols // 32)
+    t = affine("w", "f16", 4, 32, d.ints((2, cols), 0, 16), d.f16((2, groups), (7, 12), signed=False), d.f16((2, groups), (10, 15), signed=True))
+    signs = [bool(b) for b in d.ints((cols,), 0, 2)]
+    if cols % 16 == 0:
+        return hadamard(t, 16, signs)
+    # no valid decoding: only the layout a writer would have produced, for a file with this one defect
+    return Tensor(t.name, t.dtype, t.shape, t.params, {**t.parts, "signs": ("U8", pack_signs(signs))}, t.values,
+                  transform={"transform": "hadamard", "transform_block": 16})
+
+
 def with_parts(t: Tensor, role: str, change: Callable[[np.ndarray], None]) -> Tensor:
     """A copy of ``t`` whose ``role`` component went through ``change`` (in place on a copy)."""
     dt, a = t.parts[role]
     a = a.copy()
     change(a)
-    return Tensor(t.name, t.dtype, t.shape, t.params, {**t.parts, role: (dt, a)}, t.values)
+    return Tensor(t.name, t.dtype, t.shape, t.params, {**t.parts, role: (dt, a)}, t.values, transform=t.transform)
 
 
 Edit = Callable[[dict[str, Any]], Any]
@@ -490,6 +610,18 @@ def malformed() -> list[Bad]:
         return {"shape": shape or [2, 37], "dtype": "f16", "tie": target}
 
     dq = affine_dq_case("tail", 4, 32, 6, "f16", Draw(8))
+    h = [hadamard_base()]
+    h_stored = h[0].stored()
+
+    def h_meta(edit: Edit) -> Callable[[], bytes]:
+        return lambda: edited(h, meta=edit)
+
+    def h_fields(**values: Any) -> Callable[[], bytes]:
+        return h_meta(lambda m: m["tensors"]["w"].update(values))
+
+    h_data = passthrough("w", "f32", Draw(12).ints((2, 16), -8, 8).astype(np.float32))
+    h_data.transform = {"transform": "hadamard", "transform_block": 16}
+    h_data.parts["signs"] = ("U8", pack_signs([True, False] * 8))
     f32_w_codes = {"shape": [2, 20], "dtype": "f32", "scheme": "f32", "transform": "none", "checksum": "crc32:00000000"}
     duplicate = '"w_scales":{"dtype":"U8","shape":[0],"data_offsets":[0,0]},"w_scales":'
     return [
@@ -519,7 +651,28 @@ def malformed() -> list[Bad]:
         Bad("record_field_invalid", 'bits given as the string "4"', fields(bits="4"), schema=False),
         Bad("scheme_unknown", 'scheme "nf4"', fields(scheme="nf4"), schema=False),
         Bad("scheme_params_invalid", "affine with bits 7", fields(bits=7), schema=False),
-        Bad("transform_unknown", 'transform "hadamard"', fields(transform="hadamard"), schema=False),
+        Bad("transform_unknown", 'transform "givens" (not a transform of any version)', fields(transform="givens"), schema=False),
+        Bad("transform_unknown_version", "a `hadamard` record in a file declaring format 1.0, which has no such transform",
+            h_meta(lambda m: m.update(format_version="1.0")), schema=True, reason="transform_unknown"),
+        Bad("transform_params_invalid", "`hadamard` without transform_block", h_meta(lambda m: m["tensors"]["w"].pop("transform_block")), schema=False),
+        Bad("transform_params_invalid_block", "`hadamard` with transform_block 32 (not a power of four)", h_fields(transform_block=32),
+            schema=False, reason="transform_params_invalid"),
+        Bad("transform_params_invalid_cols", "`hadamard` block 16 over 40 columns (not a multiple of 16)",
+            lambda: nano_file([hadamard_base(40)]), schema=True, reason="transform_params_invalid"),
+        Bad("transform_params_invalid_none", "transform_block 16 on a record with transform `none`, in a 1.1 file",
+            meta(lambda m: (m.update(format_version="1.1"), m["tensors"]["w"].update(transform_block=16))), schema=True,
+            reason="transform_params_invalid"),
+        Bad("transform_params_invalid_passthrough", "`hadamard` on an `f32` passthrough record", lambda: nano_file([h_data]),
+            schema=False, reason="transform_params_invalid"),
+        Bad("record_field_invalid_transform_block", 'transform_block given as the string "16"', h_fields(transform_block="16"),
+            schema=False, reason="record_field_invalid"),
+        Bad("component_missing_signs", "a `hadamard` record without its signs component",
+            lambda: edited(h, stored=h_stored[:3]), schema=True, reason="component_missing"),
+        Bad("component_mismatch_signs", "a signs component of 3 bytes where 48 columns need 6",
+            lambda: edited(h, stored=[*h_stored[:3], ("w_signs", "U8", h_stored[3][2][:3])]), schema=True, reason="component_mismatch"),
+        Bad("checksum_mismatch_signs", "one sign bit flipped after the checksum was taken (the checksum covers the signs)",
+            lambda: edited(h, stored=with_parts(h[0], "signs", lambda a: a.__setitem__(0, a[0] ^ 1)).stored()), "verify", True,
+            reason="checksum_mismatch"),
         Bad("shape_invalid", "a negative logical dimension", fields(shape=[2, -37]), schema=False),
         Bad("limit_exceeded", "a logical shape of 2^41 elements", fields(shape=[1 << 21, 1 << 20]), schema=True),
         Bad("name_invalid", "a record with an empty name", add("", tie("w")), schema=False),
@@ -557,16 +710,17 @@ NOT_SHIPPED = {
 
 
 # --- output ---------------------------------------------------------------------------------
-def label(params: dict[str, Any]) -> str:
+def label(params: dict[str, Any], transform: dict[str, Any]) -> str:
     parts = [f"{params['bits']}b"] if "bits" in params and params["scheme"] != "int8_row" else []
     parts += [f"g{params['group_size']}"] if "group_size" in params else []
     parts += [f"m{params['meta_bits']}"] if "meta_bits" in params else []
-    return f"{params['scheme']}:{'/'.join(parts)}" if parts else params["scheme"]
+    name = f"{params['scheme']}:{'/'.join(parts)}" if parts else params["scheme"]
+    return name + (f"+h{transform['transform_block']}" if transform["transform"] == "hadamard" else "")
 
 
 def decoded(tensor: Tensor, targets: dict[str, Tensor]) -> dict[str, Any]:
     source = targets[tensor.tie] if tensor.tie else tensor
-    out: dict[str, Any] = {"shape": list(tensor.shape), "dtype": tensor.dtype, "scheme": label(source.params)}
+    out: dict[str, Any] = {"shape": list(tensor.shape), "dtype": tensor.dtype, "scheme": label(source.params, source.transform)}
     if tensor.tie:
         out["tie"] = tensor.tie
     out["decoded_sha256"] = {o: sha256(output_bytes(source.values, o)) for o in OUTPUTS}

@@ -51,6 +51,9 @@ def test_schema_enumerations_match_format_json() -> None:
     stored = SCHEMA["$defs"]["stored"]["properties"]
     assert stored["scheme"]["enum"] == list(schemes)
     assert stored["transform"]["enum"] == [t["name"] for t in FORMAT["transforms"]]
+    hadamard = SCHEMA["$defs"]["stored"]["then"]["properties"]
+    assert hadamard["transform_block"]["enum"] == next(t for t in FORMAT["transforms"] if t["name"] == "hadamard")["transform_blocks"]
+    assert hadamard["scheme"]["enum"] == [n for n, s in schemes.items() if s["kind"] != "passthrough"]
     assert SCHEMA["$defs"]["dtype"]["enum"] == FORMAT["source_dtypes"]
     passthrough = SCHEMA["$defs"]["stored"]["allOf"][0]["if"]["properties"]["scheme"]["enum"]
     assert passthrough == [n for n, s in schemes.items() if s["kind"] == "passthrough"]

@@ -46,7 +46,8 @@ def _affine_tensors(manifest: dict[str, Any], vectors: Path) -> list[tuple[str, 
     for entry in manifest["valid"]:
         with nanofmt.open_file(vectors / entry["file"]) as f:
             for name, record in f.records.items():
-                if record.scheme is not None and record.scheme.kind in ("affine", "affine_dq"):
+                # the permission to fuse covers the scheme step only, not a transform after it (SPEC.md 10.5)
+                if record.scheme is not None and record.scheme.kind in ("affine", "affine_dq") and record.scheme.transform == "none":
                     qt = f.tensor(name)
                     out.append((f"{entry['file']}:{name}", qt, nanofmt.dequantize(qt, "f32")))
     return out
