@@ -47,7 +47,7 @@ import fnmatch
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -63,6 +63,8 @@ __all__ = [
     "Option",
     "Allocation",
     "CANDIDATE_SCHEMES",
+    "with_transform",
+    "fits",
     "allocate",
     "solve",
     "stored_bytes",
@@ -79,6 +81,12 @@ RESOLUTION = 1 << 20  # budget steps of the solver: under 0.003 bits per weight 
 CANDIDATE_SCHEMES: tuple[Scheme, ...] = tuple(
     Scheme("affine_dq", bits=b, group_size=g, meta_bits=m) for b in (2, 3, 4, 5, 6, 8) for g, m in ((32, 6), (32, 4), (64, 6), (128, 6))
 ) + (Scheme("f16"),)
+
+
+def with_transform(menu: Sequence[Scheme], transform: str, block: int) -> tuple[Scheme, ...]:
+    """``menu`` plus each of its quantized schemes under ``transform`` (the allocator picks per tensor)."""
+    rotated = tuple(replace(s, transform=transform, transform_block=block) for s in menu if not s.is_passthrough)
+    return (*menu, *rotated)
 
 
 @dataclass(frozen=True)
@@ -143,7 +151,8 @@ def _exact_rule(tensor: str, scheme: Scheme) -> Rule:
     # fnmatch has no escape function: a one-character set matches a metacharacter literally
     pattern = re.sub(r"([*?\[])", r"[\1]", tensor)
     assert fnmatch.fnmatchcase(tensor, pattern)
-    return Rule(match=(pattern,), scheme=scheme.name, bits=scheme.bits, group_size=scheme.group_size, meta_bits=scheme.meta_bits)
+    transform = {"transform": scheme.transform, "transform_block": scheme.transform_block} if scheme.transform != "none" else {}
+    return Rule(match=(pattern,), scheme=scheme.name, bits=scheme.bits, group_size=scheme.group_size, meta_bits=scheme.meta_bits, **transform)  # type: ignore[arg-type]
 
 
 def stored_bytes(scheme: Scheme, shape: tuple[int, ...]) -> int:
@@ -185,7 +194,7 @@ def allocate(
         raise ValueError("tensor names must be unique")
     menu: dict[str, list[Option]] = {}
     for t in tensors:
-        fitting = [s for s in schemes if _fits(s, t.shape)]
+        fitting = [s for s in schemes if fits(s, t.shape)]
         if not fitting:
             raise ValueError(f"no candidate scheme fits {t.name} of shape {list(t.shape)}")
         menu[t.name] = [Option(s, stored_bytes(s, t.shape), t.importance * float(error(t, s))) for s in fitting]
@@ -194,7 +203,8 @@ def allocate(
     return Allocation(solve(menu, budget_bits), budget_bits, sum(t.size for t in tensors))
 
 
-def _fits(scheme: Scheme, shape: tuple[int, ...]) -> bool:
+def fits(scheme: Scheme, shape: tuple[int, ...]) -> bool:
+    """Whether ``scheme`` can store a tensor of ``shape`` (parameters, transform block, group within the row)."""
     try:
         scheme.check(shape)
     except NanoError:

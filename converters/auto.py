@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 from nanofmt import Scheme
 from nanofmt.floats import bf16_bits_to_f32
 
-from .allocate import CANDIDATE_SCHEMES, Allocation, Candidate, allocate, budget_for_bpw, estimate_errors, heuristic_importance
+from .allocate import CANDIDATE_SCHEMES, Allocation, Candidate, allocate, budget_for_bpw, estimate_errors, fits, heuristic_importance
 from .errors import ConvertError
 from .plan import Plan, make_plan
 from .policy import Policy, Rule
@@ -131,7 +131,7 @@ def error_table(
         if fisher is not None and weights is None:
             raise ConvertError("calibration_invalid", "the calibration has no Fisher information for it", tensor=c.name)
         for s in menu:
-            if s.group_size is not None and c.shape[1] < s.group_size:
+            if not fits(s, c.shape):
                 continue
             e = estimate_errors(rows, s, weights=weights, max_rows=max_rows)  # type: ignore[arg-type]
             table[c.name, s] = 0.5 * e["weighted"] if weights is not None else e["relative"]

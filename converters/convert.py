@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 
 import nanofmt
+from nanofmt._spec import TRANSFORMS
 
+from .allocate import CANDIDATE_SCHEMES, with_transform
 from .atomic import check_destination, staging, terminate_as_interrupt
 from .auto import Target, auto_policy
 from .card import model_card
@@ -23,7 +25,7 @@ from .errors import ConvertError
 from .folder import write_folder
 from .gate import quality_gate as quality_gate_of
 from .plan import Plan, make_plan, parse_size
-from .policy import Policy, load_policy
+from .policy import DEFAULT_TRANSFORM_BLOCK, Policy, load_policy
 from .report import ConversionReport, build_report
 from .skeleton import analyze
 from .source import Source, open_source, resolve_source
@@ -69,6 +71,8 @@ def convert(
     quality_gate: float | None = None,
     gate_text: str | os.PathLike[str] | None = None,
     log: Callable[[str], None] | None = None,
+    transform: str | None = None,
+    transform_block: int | None = None,
 ) -> ConversionReport:
     """Convert a Hugging Face model folder (or hub id) into a self-contained Nano folder.
 
@@ -96,6 +100,10 @@ def convert(
             the per-row int8 baseline on ``gate_text`` (default: fixed Python documentation text);
             a result beyond it is not published (``quality_gate_failed``). Needs torch and transformers.
         log: called with a line of text for the slower phases (measuring, calibrating, gating).
+        transform, transform_block: ``"hadamard"`` rotates each quantized tensor's rows in blocks
+            of ``transform_block`` columns (default 64; format 1.1). With a policy it applies to
+            every quantized rule; with ``target_bpw``/``max_size`` the allocator may choose,
+            tensor by tensor, each menu scheme with or without it.
 
     Returns:
         A :class:`ConversionReport` (sizes, schemes, SQNR per tensor, timings).
@@ -108,7 +116,13 @@ def convert(
     target = None if target_bpw is None and max_size is None else Target(target_bpw, parse_size(max_size))
     if calibration is not None and target is None:
         raise ValueError("a calibration text sharpens --target-bpw / --max-size: give one of them too")
-    chosen = load_policy(policy).with_overrides(bits=bits, group_size=group_size, keep=tuple(keep), keep_dtype=keep_dtype)
+    rotate = transform not in (None, "none")
+    if transform is not None and transform not in TRANSFORMS:
+        raise ValueError(f"unknown transform {transform!r}: use one of {', '.join(TRANSFORMS)}")
+    chosen = load_policy(policy).with_overrides(
+        bits=bits, group_size=group_size, keep=tuple(keep), keep_dtype=keep_dtype, **({} if target else {"transform": transform, "transform_block": transform_block})
+    )
+    menu = with_transform(CANDIDATE_SCHEMES, str(transform), transform_block or DEFAULT_TRANSFORM_BLOCK) if rotate else CANDIDATE_SCHEMES
     folder = resolve_source(src)
     out = Path(dst)
     if not dry_run:
@@ -123,7 +137,7 @@ def convert(
         else:
             fisher = _fisher(folder, _read_text(calibration, "calibration text"), log) if calibration is not None else None
             _, plan, _ = auto_policy(
-                source, skeleton, target, keep=keep, keep_dtype=chosen.keep_dtype, fisher=fisher, max_shard_size=max_shard_size, extra=extra, progress=log
+                source, skeleton, target, keep=keep, keep_dtype=chosen.keep_dtype, menu=menu, fisher=fisher, max_shard_size=max_shard_size, extra=extra, progress=log
             )
         allocated = time.perf_counter()
         name = _source_name(src, folder)

@@ -43,12 +43,18 @@ def auto_map(causal: bool) -> dict[str, str]:
     return out
 
 
+def _folder_version(plan: Plan) -> str:
+    """The newest version any shard declares (each declares the lowest its records need)."""
+    major, minor = max((j.choice.scheme.min_version for j in plan.stored if j.choice is not None), default=(1, 0))
+    return f"{major}.{minor}"
+
+
 def nano_config(source_config: dict[str, Any], plan: Plan, runtime_sha256: dict[str, str]) -> dict[str, Any]:
     """The output config.json: the source's, plus ``quantization_config`` and ``auto_map``."""
     config = {k: v for k, v in source_config.items() if k not in ("quantization_config", "auto_map")}
     config["quantization_config"] = {
         "quant_method": "nano",
-        "format_version": nanofmt.FORMAT_VERSION,
+        "format_version": _folder_version(plan),
         "policy": {**plan.policy.to_json(), "resolved": plan.resolved()},
         "runtime_sha256": runtime_sha256,
         "converter": f"nanofmt {nanofmt.__version__}",

@@ -18,10 +18,17 @@ The ``scheme`` of a rule is one of:
     a scheme name (``f16``, ``bf16``, ``f32``, ``int8_row``, ``affine``, ``affine_dq``) with
                  ``bits``/``group_size``/``meta_bits``; missing ones come from the default scheme.
 
+A rule with a quantized scheme may also carry ``transform = "hadamard"`` and ``transform_block``
+(16, 64, 256, 1024 or 4096; default 64): the rows are stored rotated by a randomized blockwise
+Hadamard transform (Nano format 1.1), which spreads outliers before quantization.
+``transform = "none"`` (or no ``transform``) stores them as they are.
+
 Fallbacks, applied after matching and reported for every tensor they touch:
     - a quantized scheme on a tensor of kind ``other`` or that is not 2-D: kept;
     - ``affine``/``affine_dq`` on a tensor with fewer columns than the group size: the largest
-      allowed group size that fits; with fewer columns than the smallest group (32): ``int8_row``.
+      allowed group size that fits; with fewer columns than the smallest group (32): ``int8_row``;
+    - ``hadamard`` on a tensor whose columns are not whole blocks: the largest allowed smaller
+      block that divides them; if none does, no transform.
 A tensor no rule matches is kept.
 
 Example:
@@ -32,6 +39,11 @@ Example:
     'affine_dq:4b/g32/m6'
     >>> p.resolve("model.norm.weight", "other", (64,), "bf16").scheme.label()
     'bf16'
+    >>> h = p.with_overrides(transform="hadamard", transform_block=256)
+    >>> h.resolve("model.layers.0.mlp.down_proj.weight", "linear", (64, 1536), "bf16").scheme.label()
+    'affine_dq:4b/g32/m6+h256'
+    >>> h.resolve("model.layers.0.mlp.up_proj.weight", "linear", (1536, 576), "bf16").fallback
+    '576 columns are not whole blocks of 256: block 64'
 """
 
 from __future__ import annotations
@@ -44,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from nanofmt import NanoError, Scheme
-from nanofmt._spec import SCHEMES
+from nanofmt._spec import SCHEMES, TRANSFORM_SPECS
 
 from .errors import ConvertError
 
@@ -53,8 +65,11 @@ __all__ = ["Rule", "Policy", "Choice", "PRESETS", "preset", "load_policy", "poli
 KINDS = ("linear", "embedding", "other")
 KEEP_DTYPES = ("source", "f16", "bf16", "f32")
 DEFAULT_SCHEME = Scheme("affine_dq", bits=4, group_size=32, meta_bits=6)
-_RULE_KEYS = {"match", "kind", "scheme", "bits", "group_size", "meta_bits"}
-_SCHEME_KEYS = {"scheme", "bits", "group_size", "meta_bits", "transform"}
+_RULE_KEYS = {"match", "kind", "scheme", "bits", "group_size", "meta_bits", "transform", "transform_block"}
+_SCHEME_KEYS = {"scheme", "bits", "group_size", "meta_bits", "transform", "transform_block"}
+TRANSFORMS = tuple(TRANSFORM_SPECS)  # "none", "hadamard"
+HADAMARD_BLOCKS: tuple[int, ...] = tuple(TRANSFORM_SPECS["hadamard"]["transform_blocks"])
+DEFAULT_TRANSFORM_BLOCK = 64  # divides every hidden size in common use; the activation rotation stays cheap
 _POLICY_KEYS = {"name", "description", "keep_dtype", "default", "rules"}
 # what Policy.to_json adds: a recorded policy (config.json) loads back as a policy file
 _RECORD_KEYS = {"pattern_syntax": "fnmatch", "precedence": "first match wins", "overrides": None, "resolved": None}
@@ -71,6 +86,13 @@ class Rule:
     bits: int | None = None
     group_size: int | None = None
     meta_bits: int | None = None
+    transform: str | None = None  # None or "none": no transform; "hadamard"
+    transform_block: int | None = None
+
+    @property
+    def quantized(self) -> bool:
+        """Whether the rule gives a quantized scheme (the only kind a transform applies to)."""
+        return self.scheme == "quant" or (self.scheme in SCHEMES and SCHEMES[self.scheme]["kind"] != "passthrough")
 
     def matches(self, name: str, kind: str) -> bool:
         return (self.kind is None or self.kind == kind) and any(fnmatch.fnmatchcase(name, p) for p in self.match)
@@ -80,7 +102,7 @@ class Rule:
         if self.kind is not None:
             out["kind"] = self.kind
         out["scheme"] = self.scheme
-        out.update({k: getattr(self, k) for k in ("bits", "group_size", "meta_bits") if getattr(self, k) is not None})
+        out.update({k: getattr(self, k) for k in ("bits", "group_size", "meta_bits", "transform", "transform_block") if getattr(self, k) is not None})
         return out
 
 
@@ -110,15 +132,31 @@ class Policy:
     description: str = ""
     overrides: dict[str, Any] = field(default_factory=dict, compare=False)
 
-    def with_overrides(self, *, bits: int | None = None, group_size: int | None = None, keep: tuple[str, ...] | list[str] = (), keep_dtype: str | None = None) -> Policy:
+    def with_overrides(
+        self,
+        *,
+        bits: int | None = None,
+        group_size: int | None = None,
+        keep: tuple[str, ...] | list[str] = (),
+        keep_dtype: str | None = None,
+        transform: str | None = None,
+        transform_block: int | None = None,
+    ) -> Policy:
         """The policy after CLI overrides: ``bits``/``group_size`` change the default quantized
         scheme; each ``keep`` pattern becomes a keep rule placed first (so it wins); ``keep_dtype``
-        replaces the kept tensors' dtype."""
+        replaces the kept tensors' dtype; ``transform`` (``"hadamard"`` or ``"none"``) replaces
+        the transform of every quantized rule, ``transform_block`` its block (default 64).
+
+        Raises:
+            ValueError: an unknown transform or block, or a block without a hadamard rule to take it.
+        """
         default = self.default
         if bits is not None or group_size is not None:
             default = _with_params(self.default, bits, group_size)
-        rules = tuple(Rule(match=(p,), scheme="keep") for p in keep) + self.rules
-        changes = {k: v for k, v in (("bits", bits), ("group_size", group_size), ("keep", list(keep)), ("keep_dtype", keep_dtype)) if v}
+        transformed = _override_transform(self.rules, transform, transform_block)
+        rules = tuple(Rule(match=(p,), scheme="keep") for p in keep) + transformed
+        pairs = (("bits", bits), ("group_size", group_size), ("keep", list(keep)), ("keep_dtype", keep_dtype), ("transform", transform), ("transform_block", transform_block))
+        changes = {k: v for k, v in pairs if v}
         return replace(self, rules=rules, default=default, keep_dtype=keep_dtype or self.keep_dtype, overrides={**self.overrides, **changes})
 
     def resolve(self, name: str, kind: str, shape: tuple[int, ...], dtype: str) -> Choice:
@@ -135,8 +173,12 @@ class Policy:
         if rule.scheme == "keep":
             return self._kept(dtype)
         if rule.scheme == "quant":
-            return _with_params(self.default, rule.bits, rule.group_size, rule.meta_bits)
-        return _concrete(rule.scheme, rule.bits, rule.group_size, rule.meta_bits, self.default)
+            scheme = _with_params(self.default, rule.bits, rule.group_size, rule.meta_bits)
+        else:
+            scheme = _concrete(rule.scheme, rule.bits, rule.group_size, rule.meta_bits, self.default)
+        if rule.transform == "hadamard" and not scheme.is_passthrough:
+            return replace(scheme, transform="hadamard", transform_block=rule.transform_block or DEFAULT_TRANSFORM_BLOCK)
+        return scheme
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "pattern_syntax": "fnmatch", "precedence": "first match wins"}
@@ -183,13 +225,46 @@ def _fit(scheme: Scheme, rule: int, kind: str, shape: tuple[int, ...], kept: Sch
     if len(shape) != 2 or min(shape) < 1:
         return Choice(kept, rule, f"{scheme.label()} needs a 2-D tensor, shape is {list(shape)}: kept")
     cols = shape[1]
+    notes = []
     if scheme.group_size is not None and cols < scheme.group_size:
         fitting = [g for g in SCHEMES[scheme.name]["group_sizes"] if g <= cols]
         if fitting:
             smaller = replace(scheme, group_size=max(fitting))
-            return Choice(smaller, rule, f"{cols} columns < group {scheme.group_size}: group {smaller.group_size}")
-        return Choice(Scheme("int8_row", bits=8), rule, f"{cols} columns < smallest group: int8_row")
-    return Choice(scheme, rule)
+            notes.append(f"{cols} columns < group {scheme.group_size}: group {smaller.group_size}")
+            scheme = smaller
+        else:
+            scheme = Scheme("int8_row", bits=8, transform=scheme.transform, transform_block=scheme.transform_block)
+            notes.append(f"{cols} columns < smallest group: int8_row")
+    block = scheme.transform_block
+    if scheme.transform == "hadamard" and block is not None and cols % block:
+        fitting = [b for b in HADAMARD_BLOCKS if b < block and cols % b == 0]
+        if fitting:
+            scheme = replace(scheme, transform_block=max(fitting))
+            notes.append(f"{cols} columns are not whole blocks of {block}: block {scheme.transform_block}")
+        else:
+            scheme = replace(scheme, transform="none", transform_block=None)
+            notes.append(f"{cols} columns are not whole blocks of {block} or any smaller block: no transform")
+    return Choice(scheme, rule, "; ".join(notes) or None)
+
+
+def _override_transform(rules: tuple[Rule, ...], transform: str | None, block: int | None) -> tuple[Rule, ...]:
+    """``rules`` with the transform override applied to each quantized rule (see Policy.with_overrides)."""
+    if transform is None and block is None:
+        return rules
+    if transform is not None and transform not in TRANSFORMS:
+        raise ValueError(f"unknown transform {transform!r} (use one of {', '.join(TRANSFORMS)})")
+    if block is not None and (transform == "none" or block not in HADAMARD_BLOCKS or isinstance(block, bool)):
+        raise ValueError(f"transform_block must be one of {list(HADAMARD_BLOCKS)} with the hadamard transform, found {block!r} with {transform!r}")
+    if transform is None and not any(r.transform == "hadamard" for r in rules):
+        raise ValueError("transform_block applies to hadamard rules, and this policy has none: give transform='hadamard' too")
+    out = []
+    for r in rules:
+        if transform == "none":
+            r = replace(r, transform=None, transform_block=None)
+        elif r.quantized and (transform == "hadamard" or r.transform == "hadamard"):
+            r = replace(r, transform="hadamard", transform_block=block or r.transform_block or DEFAULT_TRANSFORM_BLOCK)
+        out.append(r)
+    return tuple(out)
 
 
 def _rule_from(raw: Any, where: str) -> Rule:
@@ -211,7 +286,20 @@ def _rule_from(raw: Any, where: str) -> Rule:
     params = {k: raw.get(k) for k in ("bits", "group_size", "meta_bits")}
     if any(v is not None and (not isinstance(v, int) or isinstance(v, bool)) for v in params.values()):
         raise ConvertError("policy_invalid", f"{where}: bits, group_size and meta_bits must be integers")
-    return Rule(match=patterns, kind=kind, scheme=scheme, **params)
+    rule = Rule(match=patterns, kind=kind, scheme=scheme, **params)
+    return replace(rule, **_transform_from(raw, where, rule.quantized))
+
+
+def _transform_from(raw: dict[str, Any], where: str, quantized: bool) -> dict[str, Any]:
+    """A rule's checked ``transform`` and ``transform_block`` (None, None when it has neither)."""
+    transform, block = raw.get("transform"), raw.get("transform_block")
+    if transform is not None and transform not in TRANSFORMS:
+        raise ConvertError("policy_invalid", f"{where}: transform must be one of {list(TRANSFORMS)}, found {transform!r}")
+    if block is not None and (transform != "hadamard" or not isinstance(block, int) or isinstance(block, bool) or block not in HADAMARD_BLOCKS):
+        raise ConvertError("policy_invalid", f"{where}: transform_block must be one of {list(HADAMARD_BLOCKS)}, with transform = \"hadamard\"; found {block!r} with transform {transform!r}")
+    if transform == "hadamard" and not quantized:
+        raise ConvertError("policy_invalid", f"{where}: transform \"hadamard\" applies to quantized schemes, not {raw.get('scheme')!r}")
+    return {"transform": transform, "transform_block": block}
 
 
 def policy_from_dict(raw: Any, name: str) -> Policy:
@@ -230,8 +318,8 @@ def policy_from_dict(raw: Any, name: str) -> Policy:
     default = DEFAULT_SCHEME
     if "default" in raw:
         d = raw["default"]
-        if not isinstance(d, dict) or set(d) - _SCHEME_KEYS or d.get("scheme") in (None, "quant", "keep") or d.get("transform", "none") != "none":
-            raise ConvertError("policy_invalid", f"{name}: default must name a quantized scheme with its bits/group_size/meta_bits")
+        if not isinstance(d, dict) or set(d) - _SCHEME_KEYS or d.get("scheme") in (None, "quant", "keep") or d.get("transform", "none") != "none" or d.get("transform_block") is not None:
+            raise ConvertError("policy_invalid", f"{name}: default must name a quantized scheme with its bits/group_size/meta_bits (a transform goes on the rules)")
         default = _concrete(d["scheme"], d.get("bits"), d.get("group_size"), d.get("meta_bits"), DEFAULT_SCHEME)
     keep_dtype = raw.get("keep_dtype", "source")
     if keep_dtype not in KEEP_DTYPES:

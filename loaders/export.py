@@ -22,7 +22,7 @@ __all__ = ["RUNTIME_FILES", "ENTRY_FILE", "AUTO_MAP", "runtime_files", "runtime_
 
 ENTRY_FILE = "modeling_nano.py"
 # The entry file and every sibling it imports (transformers copies them together).
-RUNTIME_FILES = (ENTRY_FILE, "nano_load.py", "nano_io.py", "nano_modules.py", "nano_fused.py", "nano_kernels.py")
+RUNTIME_FILES = (ENTRY_FILE, "nano_load.py", "nano_io.py", "nano_modules.py", "nano_fused.py", "nano_kernels.py", "nano_hadamard.py")
 AUTO_MAP = {"AutoModelForCausalLM": "modeling_nano.NanoForCausalLM", "AutoModel": "modeling_nano.NanoModel"}
 
 

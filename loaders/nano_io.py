@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from .nano_hadamard import HADAMARD_BLOCKS
 from .nano_kernels import FORMAT_MAJOR, KINDS, TORCH_DTYPES, Scheme, component_layout
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -33,6 +34,7 @@ SINGLE_FILE = "model.safetensors"
 MAX_HEADER_BYTES = 100 << 20  # safetensors' own cap
 STAGING_BYTES = 64 << 20  # host buffer for copies to an accelerator
 SIZES = {"F32": 4, "F16": 2, "BF16": 2, "U8": 1, "I8": 1}
+TRANSFORM_SINCE = {"none": (1, 0), "hadamard": (1, 1)}  # the transforms this runtime implements, and their format version
 
 
 class NanoLoadError(ValueError):
@@ -68,6 +70,14 @@ class Record:
         return {role: (self.name if role is None else f"{self.name}_{role}", d, s) for role, (d, s) in layout.items()}
 
 
+def _version(value: Any) -> tuple[int, int] | None:
+    """``"MAJOR.MINOR"`` -> (major, minor); None for anything else."""
+    parts = value.split(".") if isinstance(value, str) else []
+    if len(parts) != 2 or not all(p.isdigit() and p.isascii() for p in parts):
+        return None
+    return int(parts[0]), int(parts[1])
+
+
 def _int_list(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
 
@@ -86,19 +96,39 @@ def _params_fit(scheme: Scheme, shape: tuple[int, ...]) -> bool:
     return ok and (scheme.kind != "affine_dq" or width(scheme.meta_bits)) and (scheme.kind != "int8_row" or scheme.bits == 8)
 
 
-def _record(name: str, raw: Any, path: Path) -> Record:
+def _record(name: str, raw: Any, path: Path, version: tuple[int, int]) -> Record:
     if not isinstance(raw, dict) or not _int_list(raw.get("shape")) or not isinstance(raw.get("dtype"), str):
         raise NanoLoadError("record_invalid", "a record needs an integer shape list and a dtype", path=path, tensor=name)
     shape = tuple(raw["shape"])
     if isinstance(raw.get("tie"), str):
         return Record(name, shape, raw["dtype"], tie=raw["tie"])
     scheme_name = raw.get("scheme")
-    if scheme_name not in KINDS or raw.get("transform", "none") != "none":
-        raise NanoLoadError("scheme_unsupported", f"scheme {scheme_name!r} (transform {raw.get('transform')!r}) is not one this runtime implements; a newer nanofmt runtime may", path=path, tensor=name)
-    scheme = Scheme(scheme_name, raw.get("bits"), raw.get("group_size"), raw.get("meta_bits"))
+    if scheme_name not in KINDS:
+        raise NanoLoadError("scheme_unsupported", f"scheme {scheme_name!r} is not one this runtime implements; a newer nanofmt runtime may", path=path, tensor=name)
+    transform, block = raw.get("transform", "none"), raw.get("transform_block")
+    scheme = Scheme(scheme_name, raw.get("bits"), raw.get("group_size"), raw.get("meta_bits"), transform, block)
+    _check_transform(scheme, shape, version, path, name)
     if not _params_fit(scheme, shape):
         raise NanoLoadError("record_invalid", f"{scheme_name} with bits={scheme.bits}, group_size={scheme.group_size}, meta_bits={scheme.meta_bits} cannot hold shape {list(shape)}", path=path, tensor=name)
     return Record(name, shape, raw["dtype"], scheme=scheme, checksum=raw.get("checksum"))
+
+
+def _check_transform(scheme: Scheme, shape: tuple[int, ...], version: tuple[int, int], path: Path, name: str) -> None:
+    """The transform fields (SPEC.md 6.2): a known name, no newer than the file, a block that tiles the rows."""
+    transform, block = scheme.transform, scheme.transform_block
+    if not isinstance(transform, str) or transform not in TRANSFORM_SINCE:
+        raise NanoLoadError("transform_unsupported", f"field 'transform': {transform!r} is not a transform this runtime implements (it reads {', '.join(TRANSFORM_SINCE)}); a newer nanofmt runtime may", path=path, tensor=name)
+    if version < TRANSFORM_SINCE[transform]:
+        since = ".".join(map(str, TRANSFORM_SINCE[transform]))
+        raise NanoLoadError("transform_unsupported", f"field 'transform': {transform!r} is a format {since} feature, the file declares {version[0]}.{version[1]}", path=path, tensor=name)
+    if transform == "none":
+        if block is not None:
+            raise NanoLoadError("record_invalid", f"field 'transform_block': transform 'none' takes none, found {block!r}", path=path, tensor=name)
+        return
+    if not scheme.quantized or len(shape) != 2:
+        raise NanoLoadError("record_invalid", f"field 'transform': {transform!r} applies to 2-D quantized records, not {scheme.name} of shape {list(shape)}", path=path, tensor=name)
+    if type(block) is not int or block not in HADAMARD_BLOCKS or shape[1] % block:
+        raise NanoLoadError("record_invalid", f"field 'transform_block': {transform!r} needs one of {list(HADAMARD_BLOCKS)} dividing the {shape[1]} columns, found {block!r}", path=path, tensor=name)
 
 
 class Shard:
@@ -145,13 +175,15 @@ class Shard:
         if not isinstance(text, str):
             raise NanoLoadError("not_nano", "no nanofmt metadata: not a Nano file", path=self.path)
         meta = json.loads(text)
-        version = str(meta.get("format_version", ""))
-        if version.split(".")[0] != str(FORMAT_MAJOR):
-            raise NanoLoadError("version_unsupported", f"format {version!r} is not readable by this runtime (reads {FORMAT_MAJOR}.x)", path=self.path)
+        version = _version(meta.get("format_version"))
+        if version is None:
+            raise NanoLoadError("version_invalid", f"format_version must be a \"MAJOR.MINOR\" string, found {meta.get('format_version')!r}", path=self.path)
+        if version[0] != FORMAT_MAJOR:
+            raise NanoLoadError("version_unsupported", f"format {meta.get('format_version')!r} is not readable by this runtime (reads {FORMAT_MAJOR}.x)", path=self.path)
         tensors = meta.get("tensors")
         if not isinstance(tensors, dict):
             raise NanoLoadError("record_invalid", "nanofmt metadata has no tensors object", path=self.path)
-        return {name: _record(name, raw, self.path) for name, raw in tensors.items()}
+        return {name: _record(name, raw, self.path, version) for name, raw in tensors.items()}
 
     def _check_components(self) -> None:
         claimed: set[str] = set()

@@ -25,6 +25,8 @@ from typing import NamedTuple
 
 import torch
 
+from .nano_hadamard import unpack_signs, unrotate_rows
+
 FORMAT_MAJOR = 1  # the format versions this runtime reads: 1.x (SPEC.md, "Versions")
 BLOCK_GROUPS = 8  # affine_dq: groups sharing one super scale and super offset
 CODES_PER_UNIT = 8  # 8 codes of b bits are exactly b bytes
@@ -36,12 +38,18 @@ KINDS = {"f32": "passthrough", "f16": "passthrough", "bf16": "passthrough", "int
 
 
 class Scheme(NamedTuple):
-    """A record's scheme fields (``None`` where the scheme takes no such parameter)."""
+    """A record's scheme fields (``None`` where the scheme takes no such parameter).
+
+    ``transform`` is ``"none"`` or ``"hadamard"`` (format 1.1, with ``transform_block``): the
+    stored rows are rotated, see ``nano_hadamard``.
+    """
 
     name: str
     bits: int | None = None
     group_size: int | None = None
     meta_bits: int | None = None
+    transform: str = "none"
+    transform_block: int | None = None
 
     @property
     def kind(self) -> str:
@@ -51,13 +59,18 @@ class Scheme(NamedTuple):
     def quantized(self) -> bool:
         return self.kind != "passthrough"
 
+    @property
+    def rotated(self) -> bool:
+        return self.transform == "hadamard"
+
 
 def _ceil(a: int, b: int) -> int:
     return -(-a // b)
 
 
 def component_layout(scheme: Scheme, shape: tuple[int, ...]) -> dict[str | None, tuple[str, tuple[int, ...]]]:
-    """Role -> (stored dtype, stored shape), in the spec's component (and checksum) order.
+    """Role -> (stored dtype, stored shape), in the spec's component (and checksum) order:
+    the scheme's components, then the transform's (``signs``).
 
     A copy of ``spec/format.json``'s shape formulas for format 1.x; a unit test checks it against
     ``nanofmt.schemes.component_layout`` so the two cannot drift.
@@ -65,6 +78,13 @@ def component_layout(scheme: Scheme, shape: tuple[int, ...]) -> dict[str | None,
     if scheme.kind == "passthrough":
         return {None: (PASSTHROUGH[scheme.name], tuple(shape))}
     rows, cols = shape
+    layout = _scheme_layout(scheme, rows, cols)
+    if scheme.rotated:
+        layout["signs"] = ("U8", (cols // 8,))
+    return layout
+
+
+def _scheme_layout(scheme: Scheme, rows: int, cols: int) -> dict[str | None, tuple[str, tuple[int, ...]]]:
     if scheme.kind == "int8_row":
         return {"codes": ("I8", (rows, cols)), "scales": ("F16", (rows,))}
     assert scheme.bits is not None and scheme.group_size is not None
@@ -158,7 +178,8 @@ def decode_rows(
     codes: torch.Tensor | None = None,
     code_buffer: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Float32 values ``(rows, cols)`` of the rows whose components are in ``parts`` (row-sliced).
+    """Float32 values ``(rows, cols)`` of the rows whose components are in ``parts`` (row-sliced),
+    as stored: a ``hadamard`` record's rows come out rotated (:func:`decode_values` undoes that).
 
     ``out``, when given, is a float32 ``(rows, cols)`` buffer to write into (the chunked linear
     reuses one scratch buffer this way). ``codes``, when given, are the rows' affine codes
@@ -179,6 +200,16 @@ def decode_rows(
     scale, offset = group_scales_offsets(parts, scheme, cols)
     q = codes if codes is not None else unpack_codes(parts["codes"], scheme.bits, cols, out=code_buffer)
     return _affine_values(q, scale, offset, scheme.group_size, out)
+
+
+def decode_values(parts: dict[str | None, torch.Tensor], scheme: Scheme, cols: int, codes: torch.Tensor | None = None) -> torch.Tensor:
+    """Float32 logical values of the rows in ``parts``: :func:`decode_rows`, then the record's
+    transform undone (its ``signs`` component is whole, not row-sliced); bit-exact to the reference."""
+    values = decode_rows(parts, scheme, cols, codes=codes)
+    if scheme.rotated:
+        assert scheme.transform_block is not None
+        values = unrotate_rows(values, unpack_signs(parts["signs"], cols).to(values.device), scheme.transform_block)
+    return values
 
 
 def stored_bytes(scheme: Scheme, shape: tuple[int, ...]) -> int:

@@ -28,7 +28,7 @@ from torch import nn
 
 from .nano_fused import notice
 from .nano_io import Arena, NanoLoadError, Record, Shard, shard_paths
-from .nano_kernels import decode_rows
+from .nano_kernels import decode_values
 from .nano_modules import NanoEmbedding, NanoLinear, NanoTiedHead, PackedMatrix
 
 
@@ -198,7 +198,7 @@ def fill(model: nn.Module, items: dict[str, Item], device_of: Any, dtype: torch.
             if transient and module.path != "int4":
                 module.set_parts({role: t.clone() for role, t in parts.items()})  # the arena is reused next
         elif scheme.quantized:  # item.dense
-            values = decode_rows(parts, scheme, item.record.shape[1])
+            values = decode_values(parts, scheme, item.record.shape[1])
             _set_tensor(model, item.key, values.to(_target_dtype(model, item.key, dtype)))
         else:
             tensor = parts[None]

@@ -8,6 +8,11 @@
 - :class:`NanoEmbedding` decodes only the rows of the requested tokens.
 - :class:`NanoTiedHead` computes logits over the embedding's packed table, which is stored once.
 
+A weight stored with the ``hadamard`` transform (rotated rows ``U``, ``W = (U H) * s``; see
+``nano_hadamard``) keeps its ``weight_signs`` beside the other components. Products with ``W``
+(the linear, the tied head, on every path) rotate the activation instead of the weight; the
+embedding undoes the rotation on the rows it gathers, bit-exact to the reference decoder.
+
 ``NANOFMT_CHUNK_BYTES`` caps the float32 block the chunked path decodes at a time (default 4 MiB
 on the CPU, where a block costs memory more than time, and 64 MiB on accelerators, where each
 block costs a dozen kernel launches); with the compute-dtype copy and the unpacked codes, the
@@ -30,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .nano_fused import cpu_int4_layout, gather_int4_cpu, int4_matmul, int4_unfit, int8_matmul, int8_unfit, pack_int4, scales_and_zeros
+from .nano_hadamard import release_rotations, rotate_shared, shared_signs, unrotate_rows
 from .nano_kernels import TORCH_DTYPES, Scheme, component_layout, decode_rows
 
 CHUNK_BYTES: int | None = int(os.environ["NANOFMT_CHUNK_BYTES"]) if os.environ.get("NANOFMT_CHUNK_BYTES") else None
@@ -56,6 +62,7 @@ def scratch(device: torch.device, dtype: torch.dtype, numel: int) -> torch.Tenso
 
 def release_scratch() -> None:
     _SCRATCH.clear()
+    release_rotations()
 
 
 def _fails(call: Callable[[], torch.Tensor]) -> str | None:
@@ -77,6 +84,7 @@ class PackedMatrix(nn.Module):
         self.path = "chunked"  # or "int4" / "int8": the fused kernels
         self.chunk_bytes: int | None = None  # per-module override of CHUNK_BYTES
         self._packed: list[str] = []
+        self._sign_factors: torch.Tensor | None = None  # hadamard: float32 +1/-1 per column, from weight_signs
         for role, (stored_dtype, shape) in component_layout(scheme, (rows, cols)).items():
             self._add(f"weight_{role}", torch.empty(shape, dtype=TORCH_DTYPES[stored_dtype], device=device))
 
@@ -95,19 +103,31 @@ class PackedMatrix(nn.Module):
             if tensor.dtype != TORCH_DTYPES[stored_dtype] or tuple(tensor.shape) != shape:
                 raise ValueError(f"weight_{role} must be {stored_dtype} {list(shape)}, got {tensor.dtype} {list(tensor.shape)}")
             self._buffers[f"weight_{role}"] = tensor
+        self._sign_factors = None
 
     @property
     def packed_device(self) -> torch.device:
         return self._buffers[self._packed[0]].device  # type: ignore[union-attr]
 
     def parts(self, select: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> dict[str | None, torch.Tensor]:
-        """The Nano components (role -> tensor), each passed through ``select`` (a row selection)."""
+        """The Nano components (role -> tensor), each passed through ``select`` (a row selection)
+        except ``signs``, which is per column."""
         roles = component_layout(self.scheme, (self.rows, self.cols))
-        return {role: select(self._buffers[f"weight_{role}"]) for role in roles if f"weight_{role}" in self._buffers}  # type: ignore[arg-type]
+        chosen: dict[str | None, torch.Tensor] = {role: t for role in roles if (t := self._buffers.get(f"weight_{role}")) is not None}
+        return {role: t if role == "signs" else select(t) for role, t in chosen.items()}
+
+    def signs(self, device: torch.device) -> torch.Tensor:
+        """A hadamard record's column sign factors (float32 +1/-1) on ``device``, unpacked once."""
+        factors = self._sign_factors
+        if factors is None or factors.device != device:
+            factors = shared_signs(self._buffers["weight_signs"], self.cols, device)  # type: ignore[arg-type]
+            self._sign_factors = factors
+        return factors
 
     # -- decoding --------------------------------------------------------------------------------
     def decode(self, r0: int, r1: int, dtype: torch.dtype) -> torch.Tensor:
-        """Rows ``r0:r1`` in ``dtype``, decoded into the shared scratch (valid until the next call)."""
+        """Stored rows ``r0:r1`` in ``dtype`` (a hadamard record's still rotated), decoded into the
+        shared scratch (valid until the next call)."""
         n = (r1 - r0) * self.cols
         w32 = scratch(self.packed_device, torch.float32, n).view(r1 - r0, self.cols)
         codes = scratch(self.packed_device, torch.uint8, 2 * (r1 - r0) * (-(-self.cols // 8) * 8))
@@ -117,18 +137,29 @@ class PackedMatrix(nn.Module):
         return scratch(self.packed_device, dtype, n).view(r1 - r0, self.cols).copy_(w32)
 
     def gather(self, ids: torch.Tensor) -> torch.Tensor:
-        """Rows ``ids`` (1-D) in float32, decoding only those rows."""
+        """Logical rows ``ids`` (1-D) in float32, decoding only those rows (any transform undone)."""
+        codes = None
         if self.path == "int4":  # the codes live in the kernel's layout; metadata as stored
             codes = gather_int4_cpu(self._buffers["weight_packed"], ids, self.rows, self.cols, self._layout)  # type: ignore[arg-type]
-            return decode_rows(self.parts(lambda t: t.index_select(0, ids)), self.scheme, self.cols, codes=codes)
-        return decode_rows(self.parts(lambda t: t.index_select(0, ids)), self.scheme, self.cols)
+        values = decode_rows(self.parts(lambda t: t.index_select(0, ids)), self.scheme, self.cols, codes=codes)
+        if self.scheme.rotated:
+            assert self.scheme.transform_block is not None
+            values = unrotate_rows(values, self.signs(values.device), self.scheme.transform_block)
+        return values
 
     def chunk_rows(self) -> int:
         cap = self.chunk_bytes or CHUNK_BYTES or DEFAULT_CHUNK_BYTES.get(self.packed_device.type, ACCELERATOR_CHUNK_BYTES)
         return max(1, cap // (4 * self.cols))
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
-        """``x @ W.T`` for 2-D ``x`` (``(m, cols)`` -> ``(m, rows)``) in ``x.dtype``."""
+        """``x @ W.T`` for 2-D ``x`` (``(m, cols)`` -> ``(m, rows)``) in ``x.dtype``.
+
+        A hadamard record stores ``U`` with ``W = (U H) * s``: ``x`` is rotated to ``H (s * x)``
+        and multiplied by the stored rows as they are (``x @ W.T == H(s * x) @ U.T``).
+        """
+        if self.scheme.rotated:
+            assert self.scheme.transform_block is not None
+            x = rotate_shared(x, self.signs(x.device), self.scheme.transform_block)
         if self.path == "int4":
             return int4_matmul(x, self._buffers["weight_packed"], self.scheme.group_size, self._buffers["weight_sz"])  # type: ignore[arg-type]
         if self.path == "int8":
@@ -173,7 +204,9 @@ class PackedMatrix(nn.Module):
         if reason is not None:
             return reason
         for name in list(self._packed):
-            if name == "weight_codes" or not keep_rows:
+            if name == "weight_signs":  # a few bytes, kept (the loader may have read it into a reused buffer)
+                self._buffers[name] = self._buffers[name].clone()  # type: ignore[union-attr]
+            elif name == "weight_codes" or not keep_rows:
                 self._drop(name)
         self._add("weight_packed", packed)
         self._add("weight_sz", sz)
@@ -194,12 +227,14 @@ class PackedMatrix(nn.Module):
                 self.compute_dtype = probe.dtype
         finally:
             self._buffers.update(packed)
+            self._sign_factors = None
         return self
 
     def extra_repr(self) -> str:
         s = self.scheme
         params = "/".join(f"{k[0]}{v}" for k, v in (("bits", s.bits), ("group", s.group_size), ("meta", s.meta_bits)) if v)
-        return f"rows={self.rows}, cols={self.cols}, scheme={s.name}:{params}, path={self.path}"
+        transform = f"+hadamard{s.transform_block}" if s.rotated else ""
+        return f"rows={self.rows}, cols={self.cols}, scheme={s.name}:{params}{transform}, path={self.path}"
 
 
 class NanoLinear(PackedMatrix):

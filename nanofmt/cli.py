@@ -153,6 +153,8 @@ class _ProgressBar:
 @click.option("--keep-dtype", type=click.Choice(["source", "f16", "bf16", "f32"]), help="dtype of kept tensors (default: the policy's, usually source).")
 @click.option("--max-shard-size", metavar="SIZE", help="Split the output into shards of at most SIZE (e.g. 2GB, 500MB).")
 @click.option("--workers", type=click.IntRange(min=1), help="Encoding processes (default: one per core, up to 4, for large models).")
+@click.option("--transform", type=click.Choice(["none", "hadamard"]), help="Rotate quantized rows (format 1.1): on every quantized rule, or with --target-bpw as a choice per tensor.")
+@click.option("--transform-block", type=click.Choice(["16", "64", "256", "1024", "4096"]), help="Columns per Hadamard block (default 64).")
 @click.option("--target-bpw", type=float, metavar="BITS", help="Pick a scheme per Linear/Embedding weight to minimise predicted error at this many bits per weight (replaces --policy/--bits/--group-size).")
 @click.option("--max-size", metavar="SIZE", help="Like --target-bpw, with the weight files at most SIZE in all (e.g. 80MB).")
 @click.option("--calibration", type=click.Path(exists=True, dir_okay=False), help="A text file: weight --target-bpw/--max-size errors by the model's Fisher information on it (needs torch).")
@@ -171,6 +173,8 @@ def convert_command(
     keep_dtype: str | None,
     max_shard_size: str | None,
     workers: int | None,
+    transform: str | None,
+    transform_block: str | None,
     target_bpw: float | None,
     max_size: str | None,
     calibration: str | None,
@@ -218,6 +222,8 @@ def convert_command(
             quality_gate=quality_gate,
             gate_text=gate_text,
             log=lambda line: click.echo(line, err=True),
+            transform=transform,
+            transform_block=int(transform_block) if transform_block else None,
         )
     except (ConvertError, NanoError) as exc:
         _fail(exc)

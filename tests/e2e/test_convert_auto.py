@@ -107,3 +107,22 @@ def test_convert_cli_target_bpw_and_gate(tiny_model, tmp_path):
     assert "allocation (data-free proxy)" in result.stdout and "quality gate passed" in result.stdout
     failed = CliRunner().invoke(main, ["convert", str(tiny_model("qwen2_tied", tokenizer=True)), str(tmp_path / "n2"), "--target-bpw", "3.5", "--quality-gate", "0"])
     assert failed.exit_code == 1 and "quality_gate_failed" in failed.output
+
+
+def test_convert_transform_option_applies_to_policy_and_menu(tiny_model, tmp_path):
+    result = CliRunner().invoke(
+        main, ["convert", str(tiny_model("llama")), str(tmp_path / "rot"), "--policy", "tiedq", "--transform", "hadamard", "--transform-block", "16"], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    quant = json.loads((tmp_path / "rot" / "config.json").read_text())["quantization_config"]
+    assert quant["format_version"] == "1.1"
+    resolved = quant["policy"]["resolved"]["model.layers.0.mlp.up_proj.weight"]
+    assert resolved["transform"] == "hadamard" and resolved["transform_block"] == 16
+    assert verify_path(tmp_path / "rot") == []
+    # with a target, every menu scheme is offered with and without the rotation: the allocation
+    # covers both, and whatever it picks is recorded as an exact rule the folder reproduces
+    report = convert(tiny_model("llama"), tmp_path / "auto", target_bpw=4.5, transform="hadamard", transform_block=16)
+    labels = {t.scheme for t in report.stored if t.kind in ("linear", "embedding")}
+    assert all(label.startswith("affine_dq") for label in labels)
+    with pytest.raises(ValueError, match="unknown transform"):
+        convert(tiny_model("llama"), tmp_path / "bad", transform="givens")

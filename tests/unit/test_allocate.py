@@ -198,3 +198,14 @@ def test_heuristic_importance_favours_values_down_shared_kv_edges_and_head() -> 
     assert heuristic_importance("model.embed_tokens.weight", 30) == 2.0
     assert heuristic_importance("model.embed_tokens.weight", 30, tied_head=False) == 1.0
     assert heuristic_importance("lm_head.weight", 30, tied_head=False) == 2.0
+
+
+def test_allocate_menu_with_transform_rotates_only_quantized_schemes():
+    from nanofmt.converters.allocate import CANDIDATE_SCHEMES, fits, with_transform
+
+    menu = with_transform(CANDIDATE_SCHEMES, "hadamard", 64)
+    rotated = [s for s in menu if s.transform == "hadamard"]
+    assert len(rotated) == sum(not s.is_passthrough for s in CANDIDATE_SCHEMES)
+    assert all(s.transform_block == 64 for s in rotated)
+    # a row that is not whole blocks of 64 cannot take the rotated schemes
+    assert not fits(rotated[0], (8, 96)) and fits(rotated[0], (8, 128))
