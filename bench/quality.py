@@ -49,6 +49,8 @@ from runtime import PROMPTS  # bench/runtime.py
 import nanofmt
 from nanofmt import Scheme
 from nanofmt.converters.allocate import CANDIDATE_SCHEMES, Allocation, Candidate, allocate, estimate_errors, heuristic_importance
+from nanofmt.converters.calibrate import measure as calibrate
+from nanofmt.converters.gptq import Factor, gptq_quantize, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 WINDOW, GEN_TOKENS = 512, 32
@@ -73,7 +75,7 @@ MODES = {"full": Settings(4096, 8192, 256, 256), "quick": Settings(1024, 2048, 6
 @dataclass
 class Row:
     label: str
-    family: str  # nano, auto, anchor
+    family: str  # nano, auto, gptq, anchor
     runs: str
     bpw: float
     sqnr: float
@@ -146,29 +148,6 @@ def greedy(model: torch.nn.Module, prompts: list[torch.Tensor]) -> list[list[int
         ]
 
 
-def fisher(model: torch.nn.Module, params: Params, windows: list[torch.Tensor]) -> dict[str, np.ndarray]:
-    """Diagonal Fisher information per token of the next-token distribution, labels sampled from the model.
-
-    With sampled labels each position's gradient has zero mean, so the square of a window's summed
-    gradient estimates the sum of the positions' squared gradients without bias.
-    """
-    gen = torch.Generator().manual_seed(0)
-    model.requires_grad_(False)
-    tensors = list(params.values())
-    for p in tensors:
-        p.requires_grad_(True)
-    acc = [torch.zeros_like(p) for p in tensors]
-    for w in windows:
-        logits = model(w[None]).logits[0].float()
-        with torch.no_grad():
-            labels = torch.multinomial(logits.softmax(-1), 1, generator=gen)[:, 0]
-        grads = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"), tensors)
-        for a, g in zip(acc, grads, strict=True):
-            a.add_(g.square())
-    model.requires_grad_(False)
-    return {name: (a / (len(windows) * WINDOW)).numpy() for name, a in zip(params, acc, strict=True)}
-
-
 # --- methods ------------------------------------------------------------------------------
 
 
@@ -179,12 +158,23 @@ class NanoCache:
         self.originals = originals
         self.packed: dict[tuple[str, Scheme], nanofmt.QuantizedTensor] = {}
 
-    def decode(self, choices: dict[str, Scheme]) -> Decoded:
+        self.gptq: dict[tuple[str, Scheme], nanofmt.QuantizedTensor] = {}
+        self.factors: dict[str, Factor] = {}
+
+    def decode(self, choices: dict[str, Scheme], grams: dict[str, np.ndarray] | None = None) -> Decoded:
+        """Decoded values and stored bytes; tensors with an entry in ``grams`` are encoded by GPTQ."""
         out = {}
         for name, scheme in choices.items():
-            qt = self.packed.get((name, scheme))
-            if qt is None:
-                qt = self.packed[name, scheme] = nanofmt.quantize(self.originals[name], scheme)
+            if grams is not None and name in grams and not scheme.is_passthrough:
+                qt = self.gptq.get((name, scheme))
+                if qt is None:
+                    if name not in self.factors:
+                        self.factors[name] = prepare(grams[name])  # act order, damping 0.01
+                    qt = self.gptq[name, scheme] = gptq_quantize(self.originals[name], scheme, self.factors[name])
+            else:
+                qt = self.packed.get((name, scheme))
+                if qt is None:
+                    qt = self.packed[name, scheme] = nanofmt.quantize(self.originals[name], scheme)
             out[name] = (np.asarray(nanofmt.dequantize(qt, "f32")), qt.nbytes)
         return out
 
@@ -257,6 +247,7 @@ def methods(
     importance: Callable[[str], float],
     settings: Settings,
     cache: Path | None,
+    grams: dict[str, np.ndarray] | None = None,
 ) -> list[Row]:
     """Every row of one model's table, measured in turn on the same model object.
 
@@ -291,12 +282,47 @@ def methods(
             row.mix = mix(plan, originals)
             if proxy == "calibrated":
                 row.metrics["pred_kl"] = plan.predicted_error
+    if grams is not None and "calibrated" in tables:
+        gptq_rows(nano, run, originals, tables["calibrated"], grams)
     for anchor in anchors():
         start = time.perf_counter()
         values = anchor_values(anchor, originals, cache)
         print(f"  {anchor.label}: quantized in {time.perf_counter() - start:.0f} s", file=sys.stderr)
         run(anchor.label, "anchor", anchor.runs, values)
     return rows
+
+
+def gptq_rows(
+    nano: NanoCache,
+    run: Callable[[str, str, str, Decoded], Row],
+    originals: dict[str, np.ndarray],
+    calibrated: dict[tuple[str, Scheme], float],
+    grams: dict[str, np.ndarray],
+) -> None:
+    """GPTQ encoding (converters/gptq.py) against the calibration slice's input Grams.
+
+    Each setting twice: the tied embedding by GPTQ against the final hidden states (its head
+    role) and by rounding to nearest (its lookup role). Allocations are the calibrated ones
+    (their error table is rounding to nearest's).
+    """
+    emb = next(n for n in originals if "embed" in n)
+    head_rtn = {n: g for n, g in grams.items() if n != emb}
+    runs = "GPTQ (act order, static groups) + reference decode"
+    settings: list[tuple[str, dict[str, Scheme]]] = [(f"{DQ[b].label()}", dict.fromkeys(originals, DQ[b])) for b in (4, 3)]
+    for tag, bpw in (("4.5", 4.5), ("3.5", 3.5)):
+        plan = allocate(
+            [Candidate(n, x.shape) for n, x in originals.items()],
+            CANDIDATE_SCHEMES,
+            lambda c, s: calibrated[c.name, s],
+            bpw * sum(x.size for x in originals.values()),
+        )
+        settings.append((f"auto @{tag} (calibrated)", plan.choices))
+    for label, choices in settings:
+        for suffix, table in (("GPTQ", grams), ("GPTQ, emb RTN", head_rtn)):
+            start = time.perf_counter()
+            values = nano.decode(choices, table)
+            print(f"  {label} {suffix}: encoded in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+            run(f"Nano {label} {suffix}", "gptq", runs, values)
 
 
 # --- the two models -----------------------------------------------------------------------
@@ -320,8 +346,9 @@ def smollm(path: Path, settings: Settings, cache: Path | None) -> tuple[list[Row
     ref_ppl = lm_compare(model, windows, ref)["ppl"]
     ref_gen = greedy(model, prompts)
     start = time.perf_counter()
-    fisher_diag = fisher(model, params, calib)
-    print(f"Fisher on {settings.calib_tokens} calibration tokens in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    calibration = calibrate(model, calib, fisher=True)  # converters/calibrate.py: Fisher diagonal and input Grams
+    fisher_diag = dict(calibration.fisher or {})
+    print(f"Fisher and Grams on {settings.calib_tokens} calibration tokens in {time.perf_counter() - start:.0f} s", file=sys.stderr)
 
     def evaluate() -> tuple[dict[str, float], str]:
         gen = greedy(model, prompts)
@@ -334,7 +361,7 @@ def smollm(path: Path, settings: Settings, cache: Path | None) -> tuple[list[Row
     def importance(name: str) -> float:
         return heuristic_importance(name, cfg.num_hidden_layers, tied_head=cfg.tie_word_embeddings, kv_groups=groups)
 
-    rows = methods("SmolLM2", originals, params, evaluate, fisher_diag, importance, settings, cache)
+    rows = methods("SmolLM2", originals, params, evaluate, fisher_diag, importance, settings, cache, dict(calibration.grams))
     header = (
         f"SmolLM2-135M-Instruct (-dither): {sum(x.size for x in originals.values()):,} weights in {len(originals)} tensors "
         f"(every Linear weight and the tied embedding/head); {settings.tokens} tokens of pydoc_data.topics in windows of {WINDOW}; "
@@ -405,7 +432,7 @@ def table(rows: list[Row], lm: bool) -> list[str]:
     return lines
 
 
-def best(rows: list[Row], budget: float, key: Callable[[Row], float], family: tuple[str, ...] = ("nano", "auto")) -> Row | None:
+def best(rows: list[Row], budget: float, key: Callable[[Row], float], family: tuple[str, ...] = ("nano", "auto", "gptq")) -> Row | None:
     fits = [r for r in rows if r.family in family and r.bpw <= budget + 1e-9]
     return min(fits, key=key) if fits else None
 
@@ -489,6 +516,9 @@ def plot(lm: list[Row] | None, enc: list[Row] | None, path: Path) -> None:
             )
         for r, marker in zip((r for r in rows if r.family == "anchor"), "s^vDPX<>h", strict=False):
             ax.plot(r.bpw, value(r), marker, color="dimgray", markerfacecolor="none", markersize=8, label=r.label)
+        for r in (r for r in rows if r.family == "gptq" and "emb RTN" not in r.label):
+            ax.plot(r.bpw, value(r), "x", color="tab:green", markersize=9)
+        ax.plot([], [], "x", color="tab:green", label="Nano GPTQ")
         ax.plot([], [], "o", color="tab:blue", label="Nano fixed scheme")
         ax.set(
             xlabel="bits per weight (all metadata, embedding included)",

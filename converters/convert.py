@@ -8,8 +8,12 @@ Example (a real model, from a shell)::
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -93,9 +97,10 @@ def convert(
             ``bits`` and ``group_size`` do not apply then (``keep`` and ``keep_dtype`` do).
         max_size: likewise, with the weight files (kept tensors and headers included) at most this
             size (``"100MB"`` or bytes).
-        calibration: a text file: with ``target_bpw``/``max_size``, weight each tensor's error by the
-            model's Fisher information on this text (needs torch and transformers) instead of the
-            data-free proxy.
+        calibration: a text file the source model reads (needs torch and transformers): every
+            quantized tensor is encoded with GPTQ error feedback on its layer's input statistics,
+            and with ``target_bpw``/``max_size`` each tensor's error is weighted by the model's
+            Fisher information instead of the data-free proxy. The first 8192 tokens are used.
         quality_gate: the largest mean KL divergence (nats per token) allowed between the result and
             the per-row int8 baseline on ``gate_text`` (default: fixed Python documentation text);
             a result beyond it is not published (``quality_gate_failed``). Needs torch and transformers.
@@ -114,8 +119,6 @@ def convert(
     """
     started = time.perf_counter()
     target = None if target_bpw is None and max_size is None else Target(target_bpw, parse_size(max_size))
-    if calibration is not None and target is None:
-        raise ValueError("a calibration text sharpens --target-bpw / --max-size: give one of them too")
     rotate = transform not in (None, "none")
     if transform is not None and transform not in TRANSFORMS:
         raise ValueError(f"unknown transform {transform!r}: use one of {', '.join(TRANSFORMS)}")
@@ -128,26 +131,34 @@ def convert(
     if not dry_run:
         check_destination(out, force=force, protect=folder)
     text = _read_text(gate_text, "gate text") if gate_text is not None else None
-    with open_source(folder) as source:
+    calibration_text = _read_text(calibration, "calibration text") if calibration is not None else None
+    with open_source(folder) as source, ExitStack() as cleanup:
         skeleton = analyze(folder)
         analyzed = time.perf_counter()
+        calib = _calibrate(folder, calibration_text, fisher=target is not None, cleanup=cleanup, log=log) if calibration_text else None
+        calibrated = time.perf_counter()
         extra = {"producer": PRODUCER}
         if target is None:
             plan = make_plan(source, skeleton, chosen, max_shard_size=max_shard_size, extra=extra)
         else:
-            fisher = _fisher(folder, _read_text(calibration, "calibration text"), log) if calibration is not None else None
             _, plan, _ = auto_policy(
-                source, skeleton, target, keep=keep, keep_dtype=chosen.keep_dtype, menu=menu, fisher=fisher, max_shard_size=max_shard_size, extra=extra, progress=log
-            )
+                source, skeleton, target, keep=keep, keep_dtype=chosen.keep_dtype, menu=menu, fisher=calib.fisher if calib else None,
+                max_shard_size=max_shard_size, extra=extra, progress=log,
+            )  # fmt: skip
+        if calib is not None:
+            recorded = {**plan.policy.overrides, "calibration": {"tokens": calib.tokens, "encoder": "gptq"}}
+            plan = replace(plan, policy=replace(plan.policy, overrides=recorded))
         allocated = time.perf_counter()
         name = _source_name(src, folder)
         if dry_run:
             return build_report(plan, source=name, destination=str(out), source_bytes=source.nbytes, dry_run=True)
         with terminate_as_interrupt(), staging(out, force=force) as tmp:
-            report = _write(plan, source, tmp, name=name, destination=str(out), workers=workers, progress=progress)
+            grams = calib.grams if calib else None
+            report = _write(plan, source, tmp, name=name, destination=str(out), workers=workers, progress=progress, grams=grams)
             if quality_gate is not None:
                 report.gate = _gate(folder, tmp, quality_gate, text, log)
-            report.timings = {"analyze_s": analyzed - started, "allocate_s": allocated - analyzed, **report.timings, "total_s": time.perf_counter() - started}
+            phases = {"analyze_s": analyzed - started, "calibrate_s": calibrated - analyzed, "allocate_s": allocated - calibrated}
+            report.timings = {**phases, **report.timings, "total_s": time.perf_counter() - started}
             report.seconds = report.timings["total_s"]
     return report
 
@@ -163,12 +174,32 @@ def _read_text(path: str | os.PathLike[str] | None, what: str) -> str:
     return text
 
 
-def _fisher(folder: Path, text: str, log: Callable[[str], None] | None) -> dict[str, np.ndarray]:
-    from .calibrate import fisher_diagonal
+@dataclass(frozen=True)
+class _Calibrated:
+    fisher: dict[str, np.ndarray] | None  # for the allocator's calibrated proxy
+    grams: dict[str, str]  # weight name -> .npy path of its input Gram, for GPTQ encoding
+    tokens: int
 
+
+def _calibrate(folder: Path, text: str, *, fisher: bool, cleanup: ExitStack, log: Callable[[str], None] | None) -> _Calibrated:
+    """Run the source model (torch) over the calibration text: input Grams on disk, Fisher if asked.
+
+    The Grams go to a temporary directory that lives until the conversion ends: worker
+    processes memory-map them by path.
+    """
+    from .calibrate import collect, gram_paths
+
+    directory = Path(tempfile.mkdtemp(prefix="nanofmt-calibration-"))
+    cleanup.callback(shutil.rmtree, directory, ignore_errors=True)
     if log is not None:
-        log("calibrating: Fisher information of the source model on the calibration text")
-    return fisher_diagonal(folder, text)
+        log(f"calibrating: input statistics{' and Fisher information' if fisher else ''} of the source model on the calibration text")
+    try:
+        measured = collect(folder, text, fisher=fisher, out=directory)
+    except (OSError, ValueError) as exc:
+        raise ConvertError("calibration_invalid", f"calibrating {folder} failed: {exc}") from None
+    if log is not None:
+        log(f"calibrated on {measured.tokens} tokens")
+    return _Calibrated(dict(measured.fisher) if measured.fisher is not None else None, gram_paths(directory), measured.tokens)
 
 
 def _gate(source: Path, result: Path, max_kl: float, text: str | None, log: Callable[[str], None] | None) -> dict[str, object]:
@@ -181,11 +212,21 @@ def _gate(source: Path, result: Path, max_kl: float, text: str | None, log: Call
     return gate.to_json()
 
 
-def _write(plan: Plan, source: Source, tmp: Path, *, name: str, destination: str, workers: int | None, progress: Callable[[ProgressEvent], None] | None) -> ConversionReport:
+def _write(
+    plan: Plan,
+    source: Source,
+    tmp: Path,
+    *,
+    name: str,
+    destination: str,
+    workers: int | None,
+    progress: Callable[[ProgressEvent], None] | None,
+    grams: dict[str, str] | None = None,
+) -> ConversionReport:
     count = choose_workers(workers, plan, source)
     try:
         started, cpu = time.perf_counter(), os.times()
-        sqnr = stream(plan, source, tmp, workers=count, progress=progress)
+        sqnr = stream(plan, source, tmp, workers=count, progress=progress, grams=grams)
         streamed, cpu_end = time.perf_counter() - started, os.times()
         _verify_shards(tmp, plan)
         report = build_report(plan, source=name, destination=destination, source_bytes=source.nbytes, sqnr=sqnr)

@@ -12,17 +12,19 @@ from __future__ import annotations
 import math
 import os
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from nanofmt import QuantizedTensor
+from nanofmt._spec import TRANSFORM_SPECS
 from nanofmt.container import NUMPY_DTYPES
 from nanofmt.schemes import component_layout
 
 from .encode import Chunk, Encoded, encode_rows, row_chunks
+from .gptq import GPTQ_KINDS
 from .plan import Plan, TensorJob
 from .shard import ShardWriter, sqnr_value
 from .source import Source
@@ -31,6 +33,8 @@ from .workers import WorkerPool
 __all__ = ["ProgressEvent", "stream", "choose_workers"]
 
 POOL_MIN_WEIGHTS = 16_000_000  # below this, starting worker processes costs more than it saves
+# A transform's components (the hadamard signs) are per column: every chunk carries the whole one.
+PER_TENSOR_ROLES = frozenset(str(c["role"]) for t in TRANSFORM_SPECS.values() for c in t.get("components", []))
 
 
 @dataclass(frozen=True)
@@ -56,19 +60,23 @@ def choose_workers(requested: int | None, plan: Plan, source: Source) -> int:
     return min(cores, 4) if quantized >= POOL_MIN_WEIGHTS else 1
 
 
-def _chunks(plan: Plan) -> Iterator[Chunk]:
+def _chunks(plan: Plan, grams: Mapping[str, str] | None) -> Iterator[Chunk]:
     for job in plan.stored:
         assert job.source is not None and job.choice is not None
+        scheme = job.choice.scheme
+        gram = grams.get(job.name) if grams and scheme.kind in GPTQ_KINDS else None
         for rows in row_chunks(job.shape):
-            yield Chunk(job.name, job.source, rows, job.choice.scheme, job.dtype)
+            yield Chunk(job.name, job.source, rows, scheme, job.dtype, gram)
 
 
-def _results(plan: Plan, source: Source, pool: WorkerPool | None, window: int) -> Iterator[tuple[Chunk, Encoded]]:
+def _results(
+    plan: Plan, source: Source, pool: WorkerPool | None, window: int, grams: Mapping[str, str] | None
+) -> Iterator[tuple[Chunk, Encoded]]:
     """Encoded chunks in plan order; with a pool, up to ``window`` chunks are in flight."""
-    chunks = _chunks(plan)
+    chunks = _chunks(plan, grams)
     if pool is None:
         for chunk in chunks:
-            yield chunk, encode_rows(source.read(chunk.name, chunk.rows), chunk.scheme, chunk.dtype, chunk.name)
+            yield chunk, encode_rows(source.read(chunk.name, chunk.rows), chunk.scheme, chunk.dtype, chunk.name, chunk.gram)
         return
     pending: deque[Chunk] = deque()
     for chunk in chunks:
@@ -97,14 +105,29 @@ def _assemble(job: TensorJob, results: Iterator[tuple[Chunk, Encoded]]) -> tuple
                 layout = component_layout(scheme, job.shape, job.name)
                 parts = {role: np.empty(c.shape, NUMPY_DTYPES[c.dtype]) for role, c in layout.items()}
             for role, part in encoded.parts.items():
-                parts[role][span] = part
+                if role in PER_TENSOR_ROLES:
+                    parts[role] = part
+                else:
+                    parts[role][span] = part
         signal += encoded.signal
         noise += encoded.noise
     return QuantizedTensor(job.shape, job.dtype, scheme, parts), sqnr_value(signal, noise) if job.measured else None
 
 
-def stream(plan: Plan, source: Source, out_dir: Path, *, workers: int = 1, progress: Callable[[ProgressEvent], None] | None = None) -> dict[str, float | None]:
+def stream(
+    plan: Plan,
+    source: Source,
+    out_dir: Path,
+    *,
+    workers: int = 1,
+    progress: Callable[[ProgressEvent], None] | None = None,
+    grams: Mapping[str, str] | None = None,
+) -> dict[str, float | None]:
     """Write every planned shard into ``out_dir``; returns the SQNR (dB) of each measured tensor.
+
+    ``grams`` maps logical tensor names to ``.npy`` files of their input Gram matrices
+    (``calibrate.gram_paths``): those tensors, if stored under int8_row, affine or affine_dq, are
+    encoded by GPTQ; the rest round to nearest.
 
     A shard being written when anything fails is removed; the caller owns ``out_dir`` cleanup.
     """
@@ -113,7 +136,7 @@ def stream(plan: Plan, source: Source, out_dir: Path, *, workers: int = 1, progr
     total = sum(math.prod(j.shape) for j in plan.stored)
     done = count = 0
     try:
-        results = _results(plan, source, pool, window=2 * workers + 2)
+        results = _results(plan, source, pool, window=2 * workers + 2, grams=grams)
         for shard in plan.shards:
             writer = ShardWriter(out_dir / shard.filename, shard.tensor_plans(), shard.measured, plan.extra)
             try:

@@ -157,7 +157,7 @@ class _ProgressBar:
 @click.option("--transform-block", type=click.Choice(["16", "64", "256", "1024", "4096"]), help="Columns per Hadamard block (default 64).")
 @click.option("--target-bpw", type=float, metavar="BITS", help="Pick a scheme per Linear/Embedding weight to minimise predicted error at this many bits per weight (replaces --policy/--bits/--group-size).")
 @click.option("--max-size", metavar="SIZE", help="Like --target-bpw, with the weight files at most SIZE in all (e.g. 80MB).")
-@click.option("--calibration", type=click.Path(exists=True, dir_okay=False), help="A text file: weight --target-bpw/--max-size errors by the model's Fisher information on it (needs torch).")
+@click.option("--calibration", type=click.Path(exists=True, dir_okay=False), help="A text file the model reads (needs torch): GPTQ encoding on its activations; with --target-bpw/--max-size, Fisher-weighted errors.")
 @click.option("--quality-gate", type=float, metavar="KL", help="Fail, writing nothing, if the mean KL (nats/token) between the result and the int8 baseline exceeds KL (needs torch).")
 @click.option("--gate-text", type=click.Path(exists=True, dir_okay=False), help="Text for --quality-gate (default: fixed Python documentation text).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and predicted sizes; write nothing.")

@@ -10,23 +10,41 @@ every platform.
 
 Speed: groups are processed in chunks, each transposed to ``(group_size, chunk)`` so that
 per-group reductions are plain row sweeps and per-group values broadcast along contiguous
-rows, and every temporary stays in the L2 cache. Codes are packed straight from that layout.
+rows, and every temporary stays in the L2 cache.
 
-The search primitives come first; ``encode_*`` at the end assemble a scheme's components from
-them (``codec.py`` registers them and decodes).
+The search primitives come first; then :class:`Grid`, a tensor's fitted metadata (the exact
+per-group scale and offset the decoder will use), which splits encoding in two: ``fit_grid``
+chooses the metadata, and any rule for the codes (the nearest ones here; calibration-aware
+error feedback in ``converters/gptq.py``) goes through ``encode_on_grid`` to the stored parts.
+``encode_*`` at the end are fit + nearest + store (``codec.py`` registers them and decodes).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
 from ._spec import SCHEMES
-from .bits import pack_columns, pack_rows, packed_row_bytes
+from .bits import pack_rows
+from .schemes import Scheme
 
-__all__ = ["encode_int8_row", "encode_affine", "encode_affine_dq", "fit_groups", "best_codes", "quantize_meta", "group_range", "F16_MAX"]
+__all__ = [
+    "Grid",
+    "fit_grid",
+    "nearest_codes",
+    "encode_on_grid",
+    "encode_int8_row",
+    "encode_affine",
+    "encode_affine_dq",
+    "fit_groups",
+    "pick_candidates",
+    "quantize_meta",
+    "group_range",
+    "F16_MAX",
+]
 
 F16_MAX = float(np.finfo(np.float16).max)
 # The search: a least-squares fit to the codes of the full range and of a range clipped by 12%
@@ -65,21 +83,18 @@ def _codes_t(xt: F32, scale: F32, offset: F32, qmax: int, out: F32) -> F32:
     return np.clip(out, 0, qmax, out=out)
 
 
-def best_codes(x: F32, scales: F32, offsets: F32, bits: int) -> tuple[NDArray[np.intp], NDArray[np.uint8]]:
+def pick_candidates(x: F32, scales: F32, offsets: F32, bits: int) -> NDArray[np.intp]:
     """Choose, per group, the candidate (scale, offset) whose decoded values are closest to ``x``.
 
     ``scales`` and ``offsets`` are ``(candidates, groups)``, already the exact float32 values the
-    decoder will use; the error is measured on ``fl(fl(q * scale) + offset)`` itself. Ties go to
-    the earlier candidate. Returns the chosen index per group and each group's codes packed as
-    one row of ``bits.pack_rows`` (``(groups, packed_row_bytes(group_size, bits))``).
+    decoder will use; the error is measured on ``fl(fl(q * scale) + offset)`` itself, with each
+    candidate's nearest codes. Ties go to the earlier candidate. Returns the index per group.
     """
     if x.shape[0] == 1:  # see _chunks
-        choice, packed = best_codes(np.vstack([x, x]), np.hstack([scales, scales]), np.hstack([offsets, offsets]), bits)
-        return choice[:1], packed[:1]
+        return pick_candidates(np.vstack([x, x]), np.hstack([scales, scales]), np.hstack([offsets, offsets]), bits)[:1]
     qmax = (1 << bits) - 1
     groups, n = x.shape
     choice = np.zeros(groups, np.intp)
-    out = np.empty((groups, packed_row_bytes(n, bits)), np.uint8)
     width = min(CHUNK, groups)
     q_buf, e_buf = np.empty((n, width), np.float32), np.empty((n, width), np.float32)
     for part, xt in _chunks(x):
@@ -98,12 +113,8 @@ def best_codes(x: F32, scales: F32, offsets: F32, bits: int) -> tuple[NDArray[np
             better = sse < best_sse
             best_sse = np.where(better, sse, best_sse)
             pick = np.where(better, k, pick)
-        if scales.shape[0] > 1:  # recomputing the winner's codes beats keeping every candidate's
-            cols = np.arange(c)
-            _codes_t(xt, scales[pick, part.start + cols], offsets[pick, part.start + cols], qmax, q)
         choice[part] = pick
-        out[part] = pack_columns(q, bits)
-    return choice, out
+    return choice
 
 
 def _lsq(n: int, sx: NDArray[np.float64], sxx: NDArray[np.float64], sums: tuple[F32, F32, F32]) -> tuple[NDArray[np.float64], ...]:
@@ -251,23 +262,114 @@ def _expand(per_block: F32, groups: int) -> F32:
     return np.repeat(per_block, BLOCK_GROUPS, axis=1)[:, :groups]
 
 
-def encode_int8_row(x: F32) -> Encoded:
-    """int8_row: one fp16 scale per row, absmax / 127, and nearest codes."""
-    absmax = np.abs(x).max(axis=1)
-    scales = (absmax / np.float32(127)).astype(np.float16)
-    s32 = scales.astype(np.float32)
-    safe = np.where(s32 > 0, s32, np.float32(1))
-    codes = np.clip(np.rint(x / safe[:, None]), -127, 127)
-    codes[s32 == 0] = 0
-    return {"codes": codes.astype(np.int8), "scales": scales}
+# --- the grid: fixed metadata, codes chosen by anyone ----------------------------------------
 
 
-def encode_affine(x: F32, bits: int, group: int) -> Encoded:
+@dataclass(frozen=True)
+class Grid:
+    """The values one ``(rows, cols)`` tensor's codes can decode to, with the stored metadata that says so.
+
+    Per row and group, ``scale`` and ``offset`` are the exact float32 values the decoder uses:
+    a code ``q`` in ``[qmin, qmax]`` decodes to ``fl(fl(q * scale) + offset)`` (int8_row: offset
+    0, one group per row). ``meta`` holds every stored component but the codes. :func:`fit_grid`
+    makes one; :meth:`nearest` is the reference encoder's rounding onto it; any other choice of
+    codes (error feedback, say) becomes stored parts through :func:`encode_on_grid`.
+    """
+
+    scale: F32  # (rows, groups)
+    offset: F32  # (rows, groups)
+    cols: int
+    group_size: int
+    bits: int
+    signed: bool  # int8_row: codes -qmax..qmax, rounded by division as its encoder always has
+    meta: Encoded
+
+    @property
+    def qmin(self) -> int:
+        return -self.qmax if self.signed else 0
+
+    @property
+    def qmax(self) -> int:
+        return (1 << (self.bits - 1)) - 1 if self.signed else (1 << self.bits) - 1
+
+    def _per_column(self, cols: slice, rows: slice) -> tuple[F32, F32]:
+        index = np.arange(*cols.indices(self.cols)) // self.group_size
+        return self.scale[rows][:, index], self.offset[rows][:, index]
+
+    def nearest(self, x: F32, cols: slice = slice(None), rows: slice = slice(None)) -> F32:
+        """Nearest codes (float32) of ``x``, the values of columns ``cols`` of rows ``rows``; a zero scale gives code 0."""
+        scale, offset = self._per_column(cols, rows)
+        if self.signed:
+            q = np.rint(x / np.where(scale > 0, scale, np.float32(1)))
+            q[scale == 0] = 0
+        else:  # as _codes_t: a tiny step rounds to a zero fp16 scale anyway, and 1/step would overflow
+            live = scale > TINY
+            q = np.rint((x - offset) * np.where(live, np.float32(1) / np.where(live, scale, np.float32(1)), np.float32(0)))
+        return np.clip(q, self.qmin, self.qmax, out=q).astype(np.float32, copy=False)
+
+    def values(self, codes: NDArray[np.generic], cols: slice = slice(None), rows: slice = slice(None)) -> F32:
+        """Decoded float32 values of ``codes`` (columns ``cols`` of rows ``rows``), in the decoder's arithmetic."""
+        scale, offset = self._per_column(cols, rows)
+        return np.add(np.multiply(codes.astype(np.float32), scale), offset)
+
+
+ROW_STEP = 1 << 18  # elements per slab of nearest_codes: a few float32 temporaries stay small
+
+
+def nearest_codes(x: F32, grid: Grid) -> NDArray[np.generic]:
+    """The reference encoder's codes of ``x`` on ``grid``: uint8, or int8 for int8_row."""
+    rows = x.shape[0]
+    codes = np.empty(x.shape, np.int8 if grid.signed else np.uint8)
+    step = max(1, ROW_STEP // max(1, grid.cols))
+    for r in range(0, rows, step):
+        part = slice(r, min(r + step, rows))
+        codes[part] = grid.nearest(x[part], rows=part)
+    return codes
+
+
+def encode_on_grid(codes: NDArray[np.generic], grid: Grid) -> Encoded:
+    """The stored parts of integer ``codes`` ``(rows, cols)`` on ``grid``: packed codes plus the grid's metadata.
+
+    Raises:
+        ValueError: codes of the wrong shape or outside ``[grid.qmin, grid.qmax]``.
+    """
+    codes = np.asarray(codes)
+    if codes.shape != (grid.scale.shape[0], grid.cols):
+        raise ValueError(f"codes must have shape {(grid.scale.shape[0], grid.cols)}, got {codes.shape}")
+    if codes.size and (int(codes.min()) < grid.qmin or int(codes.max()) > grid.qmax):
+        raise ValueError(f"codes must lie in [{grid.qmin}, {grid.qmax}]")
+    stored = codes.astype(np.int8) if grid.signed else pack_rows(codes.astype(np.uint8, copy=False), grid.bits)
+    return {"codes": stored, **grid.meta}
+
+
+def fit_grid(x: F32, scheme: Scheme) -> Grid:
+    """The reference encoder's metadata for ``x`` (2-D float32, already in the coded domain) under ``scheme``.
+
+    Raises:
+        ValueError: a scheme that is not int8_row, affine or affine_dq.
+    """
+    if scheme.kind == "int8_row":
+        return _fit_int8_row(x)
+    if scheme.kind == "affine" and scheme.bits and scheme.group_size:
+        return _fit_affine(x, scheme.bits, scheme.group_size)
+    if scheme.kind == "affine_dq" and scheme.bits and scheme.group_size and scheme.meta_bits:
+        return _fit_affine_dq(x, scheme.bits, scheme.group_size, scheme.meta_bits)
+    raise ValueError(f"no grid for scheme {scheme.label()}: int8_row, affine and affine_dq have one")
+
+
+def _fit_int8_row(x: F32) -> Grid:
+    """int8_row: one fp16 scale per row, absmax / 127."""
+    scales = (np.abs(x).max(axis=1) / np.float32(127)).astype(np.float16)
+    s32 = scales.astype(np.float32)[:, None]
+    return Grid(s32, np.zeros_like(s32), x.shape[1], max(1, x.shape[1]), 8, True, {"scales": scales})
+
+
+def _fit_affine(x: F32, bits: int, group: int) -> Grid:
     """affine: per group, the searched fit or the plain min/max grid, whichever decodes closer."""
     rows = x.shape[0]
     qmax = (1 << bits) - 1
     main, tail = _groups(x, group)
-    packed, scales, offsets = [], [], []
+    scales, offsets = [], []
     for part in (p for p in (main, tail) if p is not None):
         lo, hi = group_range(part)
         fit_s, fit_m = fit_groups(part, bits)
@@ -275,19 +377,17 @@ def encode_affine(x: F32, bits: int, group: int) -> Encoded:
         # already lie on a grid (a decoded tensor) keep exactly that grid.
         s16 = np.stack([_to_f16((hi - lo) / np.float32(qmax)), _to_f16(fit_s)])
         m16 = np.stack([_to_f16(lo), _to_f16(fit_m)])
-        choice, part_packed = best_codes(part, s16.astype(np.float32), m16.astype(np.float32), bits)
+        choice = pick_candidates(part, s16.astype(np.float32), m16.astype(np.float32), bits)
         pick = np.arange(part.shape[0])
-        packed.append(part_packed)
         scales.append(s16[choice, pick])
         offsets.append(m16[choice, pick])
-    return {
-        "codes": _packed_rows(packed, rows),
-        "scales": _per_row(scales[0], scales[1] if tail is not None else None, rows),
-        "offsets": _per_row(offsets[0], offsets[1] if tail is not None else None, rows),
-    }
+    s16_rows = _per_row(scales[0], scales[1] if tail is not None else None, rows)
+    m16_rows = _per_row(offsets[0], offsets[1] if tail is not None else None, rows)
+    meta: Encoded = {"scales": s16_rows, "offsets": m16_rows}
+    return Grid(s16_rows.astype(np.float32), m16_rows.astype(np.float32), x.shape[1], group, bits, False, meta)
 
 
-def encode_affine_dq(x: F32, bits: int, group: int, meta_bits: int) -> Encoded:
+def _fit_affine_dq(x: F32, bits: int, group: int, meta_bits: int) -> Grid:
     """affine_dq: the searched fit, its scale and offset coded against per-block super values."""
     rows = x.shape[0]
     qmax = (1 << bits) - 1
@@ -324,12 +424,31 @@ def encode_affine_dq(x: F32, bits: int, group: int, meta_bits: int) -> Encoded:
     ]
     s_all = [_split(ss * qs, rows, full, tail is not None) for qs, _ in cands]
     m_all = [_split(so * q, rows, full, tail is not None) for _, q in cands]
-    picked = [best_codes(p, np.stack([c[i] for c in s_all]), np.stack([c[i] for c in m_all]), bits) for i, p in enumerate(present)]
-    choice = join([ch.astype(np.float32) for ch, _ in picked]).astype(np.intp)
-    return {
-        "codes": _packed_rows([codes for _, codes in picked], rows),
-        "qscales": pack_rows(np.choose(choice, [qs for qs, _ in cands]).astype(np.uint8), mb),
-        "qoffsets": pack_rows(np.choose(choice, [q for _, q in cands]).astype(np.uint8), mb),
+    picked = [pick_candidates(p, np.stack([c[i] for c in s_all]), np.stack([c[i] for c in m_all]), bits) for i, p in enumerate(present)]
+    choice = join([ch.astype(np.float32) for ch in picked]).astype(np.intp)
+    qs, qo = np.choose(choice, [qs for qs, _ in cands]), np.choose(choice, [q for _, q in cands])
+    meta: Encoded = {
+        "qscales": pack_rows(qs.astype(np.uint8), mb),
+        "qoffsets": pack_rows(qo.astype(np.uint8), mb),
         "super_scales": super_scales.reshape(rows, -1),
         "super_offsets": super_offsets.reshape(rows, -1),
     }
+    return Grid(ss * qs, so * qo, x.shape[1], group, bits, False, meta)
+
+
+def encode_int8_row(x: F32) -> Encoded:
+    """int8_row: one fp16 scale per row, absmax / 127, and nearest codes."""
+    grid = _fit_int8_row(x)
+    return encode_on_grid(nearest_codes(x, grid), grid)
+
+
+def encode_affine(x: F32, bits: int, group: int) -> Encoded:
+    """affine: per group, the searched fit or the plain min/max grid, whichever decodes closer; nearest codes."""
+    grid = _fit_affine(x, bits, group)
+    return encode_on_grid(nearest_codes(x, grid), grid)
+
+
+def encode_affine_dq(x: F32, bits: int, group: int, meta_bits: int) -> Encoded:
+    """affine_dq: the searched fit, its scale and offset coded against per-block super values; nearest codes."""
+    grid = _fit_affine_dq(x, bits, group, meta_bits)
+    return encode_on_grid(nearest_codes(x, grid), grid)

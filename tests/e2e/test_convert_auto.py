@@ -78,10 +78,11 @@ def test_convert_auto_arguments_are_checked(tiny_model, tmp_path):
         convert(tiny_model("llama"), tmp_path / "nano", target_bpw=4.0, max_size="1MB")
     with pytest.raises(ValueError, match="between 1 and 32"):
         convert(tiny_model("llama"), tmp_path / "nano", target_bpw=0.5)
-    text = tmp_path / "calib.txt"
-    text.write_text("some text")
-    with pytest.raises(ValueError, match="calibration"):
-        convert(tiny_model("llama"), tmp_path / "nano", calibration=text)
+    empty = tmp_path / "calib.txt"
+    empty.write_text("  \n")
+    with pytest.raises(ConvertError) as info:
+        convert(tiny_model("llama"), tmp_path / "nano", calibration=empty)
+    assert info.value.reason == "calibration_invalid" and not (tmp_path / "nano").exists()
 
 
 def test_convert_quality_gate_passes_and_is_recorded(tiny_model, tmp_path):
@@ -126,3 +127,44 @@ def test_convert_transform_option_applies_to_policy_and_menu(tiny_model, tmp_pat
     assert all(label.startswith("affine_dq") for label in labels)
     with pytest.raises(ValueError, match="unknown transform"):
         convert(tiny_model("llama"), tmp_path / "bad", transform="givens")
+
+
+CALIBRATION = "def f(x):\n    return x * 2  # doubles\n" * 40
+
+
+def stored_codes(folder, name):
+    from nanofmt import open_file
+
+    with open_file(folder / "model.safetensors") as f:
+        return f.component(name).copy()
+
+
+def test_convert_calibrated_policy_encodes_with_gptq(tiny_model, tmp_path, monkeypatch):
+    import tempfile
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    src = tiny_model("llama", tokenizer=True)
+    text = tmp_path / "calib.txt"
+    text.write_text(CALIBRATION)
+    plain = convert(src, tmp_path / "rtn", policy="tiedq")
+    report = convert(src, tmp_path / "gptq", policy="tiedq", calibration=text)
+    assert "calibration" not in plain.policy.get("overrides", {})
+    assert report.policy["overrides"]["calibration"]["encoder"] == "gptq"
+    assert report.policy["overrides"]["calibration"]["tokens"] > 100
+    assert verify_path(tmp_path / "gptq") == []
+    name = "model.layers.0.mlp.down_proj.weight_codes"
+    rtn, gptq = stored_codes(tmp_path / "rtn", name), stored_codes(tmp_path / "gptq", name)
+    assert rtn.shape == gptq.shape and (rtn != gptq).mean() > 0.05  # error feedback moved codes
+    # the temporary Grams were written where tempfile said, and are gone
+    assert not list(scratch.glob("nanofmt-calibration-*"))
+
+
+def test_convert_calibrated_target_uses_the_fisher_proxy(tiny_model, tmp_path):
+    text = tmp_path / "calib.txt"
+    text.write_text(CALIBRATION)
+    report = convert(tiny_model("qwen2_tied", tokenizer=True), tmp_path / "nano", target_bpw=5.0, calibration=text)
+    allocation = report.policy["overrides"]["allocation"]
+    assert allocation["proxy"] == "calibrated" and allocation["predicted_mean_kl"] > 0
+    assert quantized_bpw(report) <= 5.0
