@@ -48,13 +48,26 @@ from runtime import PROMPTS  # bench/runtime.py
 
 import nanofmt
 from nanofmt import Scheme
-from nanofmt.converters.allocate import CANDIDATE_SCHEMES, Allocation, Candidate, allocate, estimate_errors, heuristic_importance
+from nanofmt.converters.allocate import (
+    CANDIDATE_SCHEMES,
+    Allocation,
+    Candidate,
+    allocate,
+    estimate_errors,
+    fits,
+    heuristic_importance,
+    with_transform,
+)
 from nanofmt.converters.calibrate import measure as calibrate
-from nanofmt.converters.gptq import Factor, gptq_quantize, prepare
+from nanofmt.converters.gptq import Factor, gptq_quantize, prepare, rotate_gram
+from nanofmt.transforms import default_signs
 
 ROOT = Path(__file__).resolve().parents[1]
 WINDOW, GEN_TOKENS = 512, 32
 DQ = {b: Scheme("affine_dq", bits=b, group_size=32, meta_bits=6) for b in (3, 4, 8)}
+H64 = {b: Scheme("affine_dq", bits=b, group_size=32, meta_bits=6, transform="hadamard", transform_block=64) for b in (3, 4)}
+# what `convert --transform hadamard` offers the allocator: every menu scheme with and without the rotation
+MENU = with_transform(CANDIDATE_SCHEMES, "hadamard", 64)
 QKV = re.compile(r"\.(q_proj|k_proj|v_proj|query|key|value)\.weight$")
 TARGETS: list[tuple[str, float | None]] = [("3.5", 3.5), ("4.5", 4.5), ("qkvfp16 size", None), ("8.5", 8.5)]
 Decoded = dict[str, tuple[np.ndarray, int]]
@@ -159,7 +172,7 @@ class NanoCache:
         self.packed: dict[tuple[str, Scheme], nanofmt.QuantizedTensor] = {}
 
         self.gptq: dict[tuple[str, Scheme], nanofmt.QuantizedTensor] = {}
-        self.factors: dict[str, Factor] = {}
+        self.factors: dict[tuple[str, int | None], Factor] = {}
 
     def decode(self, choices: dict[str, Scheme], grams: dict[str, np.ndarray] | None = None) -> Decoded:
         """Decoded values and stored bytes; tensors with an entry in ``grams`` are encoded by GPTQ."""
@@ -168,9 +181,13 @@ class NanoCache:
             if grams is not None and name in grams and not scheme.is_passthrough:
                 qt = self.gptq.get((name, scheme))
                 if qt is None:
-                    if name not in self.factors:
-                        self.factors[name] = prepare(grams[name])  # act order, damping 0.01
-                    qt = self.gptq[name, scheme] = gptq_quantize(self.originals[name], scheme, self.factors[name])
+                    key = (name, scheme.transform_block)
+                    if key not in self.factors:  # act order, damping 0.01; a rotated scheme sees the rotated Gram
+                        gram = grams[name]
+                        if scheme.transform_block:
+                            gram = rotate_gram(gram, scheme.transform_block, default_signs(gram.shape[0], 0))
+                        self.factors[key] = prepare(gram)
+                    qt = self.gptq[name, scheme] = gptq_quantize(self.originals[name], scheme, self.factors[key])
             else:
                 qt = self.packed.get((name, scheme))
                 if qt is None:
@@ -197,8 +214,8 @@ def error_tables(
     """Per proxy, per (tensor, menu scheme): converters/allocate.py's predicted error."""
     tables: dict[str, dict[tuple[str, Scheme], float]] = {"calibrated": {}, "data-free": {}, "weight SSE": {}}
     for name, x in originals.items():
-        for s in CANDIDATE_SCHEMES:
-            if s.group_size and x.shape[1] < s.group_size:
+        for s in MENU:
+            if not fits(s, x.shape):
                 continue  # the allocator leaves it out too
             e = estimate_errors(x, s, weights=None if fisher_diag is None else fisher_diag[name], max_rows=max_rows)
             tables["data-free"][name, s], tables["weight SSE"][name, s] = e["relative"], e["sse"]
@@ -265,11 +282,12 @@ def methods(
         f"Nano qkvfp16 (q/k/v f16, {DQ[4].label()})": {n: Scheme("f16") if QKV.search(n) else DQ[4] for n in originals},
         f"Nano {DQ[3].label()}": dict.fromkeys(originals, DQ[3]),
         f"Nano {DQ[8].label()}": dict.fromkeys(originals, DQ[8]),
+        **{f"Nano {H64[b].label()}": {n: H64[b] if fits(H64[b], x.shape) else DQ[b] for n, x in originals.items()} for b in (4, 3)},
     }
     for label, choices in fixed.items():
         run(label, "nano", ref, nano.decode(choices))
     qkv_bits = 8 * sum(b for _, b in nano.decode(fixed[next(k for k in fixed if "qkvfp16" in k)]).values())
-    print(f"{model_name}: measuring each tensor's error under {len(CANDIDATE_SCHEMES)} schemes", file=sys.stderr)
+    print(f"{model_name}: measuring each tensor's error under {len(MENU)} schemes", file=sys.stderr)
     tables = error_tables(originals, fisher_diag, settings.max_rows)
     for proxy, table in tables.items():
         for tag, bpw in TARGETS:
@@ -282,6 +300,12 @@ def methods(
             row.mix = mix(plan, originals)
             if proxy == "calibrated":
                 row.metrics["pred_kl"] = plan.predicted_error
+    # the menu with the hadamard rotation, under the sharpest proxy this model has
+    proxy = "calibrated" if "calibrated" in tables else "weight SSE"
+    for tag, bpw in (("3.5", 3.5), ("4.5", 4.5)):
+        plan = rotated_plan(originals, tables[proxy], bpw)
+        row = run(f"Nano auto @{tag} ({proxy}, +h64 menu)", "auto", ref, nano.decode(plan.choices))
+        row.mix = mix(plan, originals)
     if grams is not None and "calibrated" in tables:
         gptq_rows(nano, run, originals, tables["calibrated"], grams)
     for anchor in anchors():
@@ -290,6 +314,12 @@ def methods(
         print(f"  {anchor.label}: quantized in {time.perf_counter() - start:.0f} s", file=sys.stderr)
         run(anchor.label, "anchor", anchor.runs, values)
     return rows
+
+
+def rotated_plan(originals: dict[str, np.ndarray], table: dict[tuple[str, Scheme], float], bpw: float) -> Allocation:
+    """The allocation over MENU (schemes with and without the hadamard rotation) at ``bpw``."""
+    tensors = [Candidate(n, x.shape) for n, x in originals.items()]
+    return allocate(tensors, MENU, lambda c, s: table[c.name, s], bpw * sum(x.size for x in originals.values()))
 
 
 def gptq_rows(
@@ -317,8 +347,12 @@ def gptq_rows(
             bpw * sum(x.size for x in originals.values()),
         )
         settings.append((f"auto @{tag} (calibrated)", plan.choices))
+    settings.append((H64[4].label(), {n: H64[4] if fits(H64[4], x.shape) else DQ[4] for n, x in originals.items()}))
+    settings += [(f"auto @{tag} (calibrated, +h64 menu)", rotated_plan(originals, calibrated, bpw).choices) for tag, bpw in (("4.5", 4.5), ("3.5", 3.5))]
     for label, choices in settings:
-        for suffix, table in (("GPTQ", grams), ("GPTQ, emb RTN", head_rtn)):
+        # the embedding's lookup-role variant only where it was asked: the plain uniform and auto rows
+        variants = (("GPTQ", grams), ("GPTQ, emb RTN", head_rtn)) if "h64" not in label else (("GPTQ", grams),)
+        for suffix, table in variants:
             start = time.perf_counter()
             values = nano.decode(choices, table)
             print(f"  {label} {suffix}: encoded in {time.perf_counter() - start:.0f} s", file=sys.stderr)

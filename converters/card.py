@@ -113,7 +113,7 @@ def model_card(report: ConversionReport, config: dict[str, Any], *, causal: bool
         match = rule["match"] if isinstance(rule["match"], str) else ", ".join(rule["match"])
         lines.append(f"| {i} | `{match}` | {rule.get('kind', 'any')} | {_scheme_text(rule)} |")
     if policy.get("overrides"):
-        lines += ["", f"Command-line overrides: `{policy['overrides']}`."]
+        lines += ["", *_overrides_text(dict(policy["overrides"]))]
     lines += ["", "The scheme every tensor got is recorded in `config.json` (`quantization_config.policy.resolved`) and in each shard's Nano records.", ""]
     lines += _size_section(report)
     lines += _quality_section(report)
@@ -127,7 +127,37 @@ def _keep_text(keep_dtype: str) -> str:
 
 def _scheme_text(raw: dict[str, Any]) -> str:
     params = [f"{k}={raw[k]}" for k in ("bits", "group_size", "meta_bits") if raw.get(k) is not None]
-    return raw["scheme"] + (f" ({', '.join(params)})" if params else "")
+    rotation = f" + {raw['transform']} rotation, block {raw.get('transform_block', 64)}" if raw.get("transform") not in (None, "none") else ""
+    return raw["scheme"] + (f" ({', '.join(params)})" if params else "") + rotation
+
+
+def _overrides_text(overrides: dict[str, Any]) -> list[str]:
+    """The automatic allocation and calibration in words; any other override as recorded."""
+    lines = []
+    allocation = overrides.pop("allocation", None)
+    target = overrides.pop("target_bpw", None)
+    max_size = overrides.pop("max_size", None)
+    if allocation is not None:
+        budget = f"{target} bits per weight" if target is not None else f"weight files of at most {max_size:,} bytes"
+        proxy = (
+            "each tensor's squared error weighted by the model's Fisher information on the calibration text"
+            if allocation["proxy"] == "calibrated"
+            else "each tensor's relative squared error times a llama.cpp-style importance (data-free)"
+        )
+        predicted = f"; predicted mean KL divergence {allocation['predicted_mean_kl']}" if "predicted_mean_kl" in allocation else ""
+        lines.append(
+            f"The schemes were chosen per tensor by `nanofmt convert` for a budget of {budget}, minimising {proxy}: "
+            f"{allocation['bits_per_weight']} bits per weight over {allocation['weights']:,} weights{predicted}."
+        )
+    calibration = overrides.pop("calibration", None)
+    if calibration is not None:
+        lines.append(
+            f"Quantized tensors were encoded with {calibration['encoder'].upper()} error feedback on their layers' inputs "
+            f"over {calibration['tokens']:,} tokens of calibration text."
+        )
+    if overrides:
+        lines.append(f"Command-line overrides: `{overrides}`.")
+    return lines
 
 
 def _size_section(report: ConversionReport) -> list[str]:

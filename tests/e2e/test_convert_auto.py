@@ -119,6 +119,7 @@ def test_convert_transform_option_applies_to_policy_and_menu(tiny_model, tmp_pat
     assert quant["format_version"] == "1.1"
     resolved = quant["policy"]["resolved"]["model.layers.0.mlp.up_proj.weight"]
     assert resolved["transform"] == "hadamard" and resolved["transform_block"] == 16
+    assert "hadamard rotation, block 16" in (tmp_path / "rot" / "README.md").read_text()
     assert verify_path(tmp_path / "rot") == []
     # with a target, every menu scheme is offered with and without the rotation: the allocation
     # covers both, and whatever it picks is recorded as an exact rule the folder reproduces
@@ -168,3 +169,6 @@ def test_convert_calibrated_target_uses_the_fisher_proxy(tiny_model, tmp_path):
     allocation = report.policy["overrides"]["allocation"]
     assert allocation["proxy"] == "calibrated" and allocation["predicted_mean_kl"] > 0
     assert quantized_bpw(report) <= 5.0
+    card = (tmp_path / "nano" / "README.md").read_text()
+    assert "chosen per tensor by `nanofmt convert` for a budget of 5.0 bits per weight" in card
+    assert "Fisher information" in card and "GPTQ error feedback" in card
