@@ -156,12 +156,17 @@ def build(source: Path, policy: str, out: Path) -> tuple[Path, Path]:
         t = time.perf_counter()
         report = convert(source, dst, policy=policy)
         print(f"converted {source.name} with {policy}: {report.totals()['bits_per_weight']:.3f} bits/weight in {time.perf_counter() - t:.0f} s", file=sys.stderr)
-    decoded = out / f"{dst.name}-decoded-bf16"
+    return dst, decoded_twin(dst, out)
+
+
+def decoded_twin(nano: Path, out: Path) -> Path:
+    """The bf16 plain copy of a Nano folder (made once): the runtime's exact target."""
+    decoded = out / f"{nano.name}-decoded-bf16"
     if not (decoded / "config.json").is_file():
         from nanofmt.converters import dequantize_folder
 
-        dequantize_folder(dst, decoded, dtype="bf16")
-    return dst, decoded
+        dequantize_folder(nano, decoded, dtype="bf16")
+    return decoded
 
 
 def row(name: str, m: dict, anchor: dict, packed: int, speed: dict) -> str:
@@ -185,7 +190,7 @@ def main() -> None:
     args = parser.parse_args()
     if not (args.source / "config.json").is_file():
         sys.exit(f"{args.source} is missing: run `PY=.venv/bin/python bash ../shared/models/prepare.sh models` first")
-    folders = [build(args.source, p, args.out) for p in (args.policy or ["qkvfp16", "tiedq"])] + list(args.nano)
+    folders = [build(args.source, p, args.out) for p in (args.policy or ["qkvfp16", "tiedq"])] + [(n, decoded_twin(n, args.out)) for n in args.nano]
 
     def run(path: Path, nano: bool = False, fused: bool | None = None) -> dict:
         return measure(path, args.source, nano=nano, fused=fused, threads=args.threads, tokens=args.tokens)
