@@ -56,6 +56,7 @@ from nanofmt.converters.allocate import (
     estimate_errors,
     fits,
     heuristic_importance,
+    runs_fused,
     with_transform,
 )
 from nanofmt.converters.calibrate import measure as calibrate
@@ -316,10 +317,12 @@ def methods(
     return rows
 
 
-def rotated_plan(originals: dict[str, np.ndarray], table: dict[tuple[str, Scheme], float], bpw: float) -> Allocation:
-    """The allocation over MENU (schemes with and without the hadamard rotation) at ``bpw``."""
+def rotated_plan(originals: dict[str, np.ndarray], table: dict[tuple[str, Scheme], float], bpw: float, *, fused: bool = False) -> Allocation:
+    """The allocation over MENU (schemes with and without the hadamard rotation) at ``bpw``;
+    ``fused``: only schemes the runtime multiplies on fused kernels (``convert --menu fused``)."""
     tensors = [Candidate(n, x.shape) for n, x in originals.items()]
-    return allocate(tensors, MENU, lambda c, s: table[c.name, s], bpw * sum(x.size for x in originals.values()))
+    allowed = runs_fused if fused else (lambda scheme, shape: True)
+    return allocate(tensors, MENU, lambda c, s: table[c.name, s], bpw * sum(x.size for x in originals.values()), allowed=allowed)
 
 
 def gptq_rows(
@@ -349,6 +352,7 @@ def gptq_rows(
         settings.append((f"auto @{tag} (calibrated)", plan.choices))
     settings.append((H64[4].label(), {n: H64[4] if fits(H64[4], x.shape) else DQ[4] for n, x in originals.items()}))
     settings += [(f"auto @{tag} (calibrated, +h64 menu)", rotated_plan(originals, calibrated, bpw).choices) for tag, bpw in (("4.5", 4.5), ("3.5", 3.5))]
+    settings += [(f"auto @{tag} (calibrated, +h64 menu, fused only)", rotated_plan(originals, calibrated, bpw, fused=True).choices) for tag, bpw in (("4.5", 4.5), ("3.5", 3.5))]
     for label, choices in settings:
         # the embedding's lookup-role variant only where it was asked: the plain uniform and auto rows
         variants = (("GPTQ", grams), ("GPTQ, emb RTN", head_rtn)) if "h64" not in label else (("GPTQ", grams),)

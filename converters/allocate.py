@@ -65,6 +65,7 @@ __all__ = [
     "CANDIDATE_SCHEMES",
     "with_transform",
     "fits",
+    "runs_fused",
     "allocate",
     "solve",
     "stored_bytes",
@@ -172,6 +173,8 @@ def allocate(
     schemes: Sequence[Scheme],
     error: Callable[[Candidate, Scheme], float],
     budget_bits: float,
+    *,
+    allowed: Callable[[Scheme, tuple[int, ...]], bool] = lambda scheme, shape: True,
 ) -> Allocation:
     """Choose one of ``schemes`` per tensor, minimising the summed predicted error within ``budget_bits``.
 
@@ -181,6 +184,7 @@ def allocate(
         error: ``error(tensor, scheme)``, the tensor's predicted error under the scheme (for
             example from :func:`estimate_errors`), finite and >= 0; it is multiplied by ``tensor.importance``.
         budget_bits: the most bits all tensors together may store (see :func:`budget_for_bpw`).
+        allowed: a further per-tensor filter on the menu (e.g. only what the runtime runs fused).
 
     Returns:
         The :class:`Allocation`; its ``nbytes * 8`` never exceeds ``budget_bits``.
@@ -194,13 +198,20 @@ def allocate(
         raise ValueError("tensor names must be unique")
     menu: dict[str, list[Option]] = {}
     for t in tensors:
-        fitting = [s for s in schemes if fits(s, t.shape)]
+        fitting = [s for s in schemes if fits(s, t.shape) and allowed(s, t.shape)]
         if not fitting:
             raise ValueError(f"no candidate scheme fits {t.name} of shape {list(t.shape)}")
         menu[t.name] = [Option(s, stored_bytes(s, t.shape), t.importance * float(error(t, s))) for s in fitting]
         if not all(0 <= o.error < math.inf for o in menu[t.name]):
             raise ValueError(f"predicted errors must be finite and >= 0; {t.name}: {[o.error for o in menu[t.name]]}")
     return Allocation(solve(menu, budget_bits), budget_bits, sum(t.size for t in tensors))
+
+
+def runs_fused(scheme: Scheme, shape: tuple[int, ...]) -> bool:
+    """Whether the Nano runtime multiplies this tensor on a fused kernel (passthrough counts as fast)."""
+    from nanofmt.loaders.export import fused_kernel  # torch-free: the runtime's own rule
+
+    return scheme.is_passthrough or fused_kernel(scheme.kind, scheme.bits, scheme.group_size, shape[-1])
 
 
 def fits(scheme: Scheme, shape: tuple[int, ...]) -> bool:

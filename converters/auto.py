@@ -29,7 +29,17 @@ from numpy.typing import NDArray
 from nanofmt import Scheme
 from nanofmt.floats import bf16_bits_to_f32
 
-from .allocate import CANDIDATE_SCHEMES, Allocation, Candidate, allocate, budget_for_bpw, estimate_errors, fits, heuristic_importance
+from .allocate import (
+    CANDIDATE_SCHEMES,
+    Allocation,
+    Candidate,
+    allocate,
+    budget_for_bpw,
+    estimate_errors,
+    fits,
+    heuristic_importance,
+    runs_fused,
+)
 from .errors import ConvertError
 from .plan import Plan, make_plan
 from .policy import Policy, Rule
@@ -67,10 +77,11 @@ class Estimate:
 
     proxy: str  # "data-free" or "calibrated"
     allocation: Allocation
+    menu: str = "all"  # or "fused": only schemes the runtime runs on fused kernels
 
     def to_json(self) -> dict[str, Any]:
         a = self.allocation
-        out: dict[str, Any] = {"proxy": self.proxy, "bits_per_weight": round(a.bits_per_weight, 4), "weights": a.weights}
+        out: dict[str, Any] = {"proxy": self.proxy, "menu": self.menu, "bits_per_weight": round(a.bits_per_weight, 4), "weights": a.weights}
         if self.proxy == "calibrated":
             out["predicted_mean_kl"] = round(a.predicted_error, 6)
         return out
@@ -119,6 +130,7 @@ def error_table(
     fisher: Mapping[str, NDArray[np.floating]] | None = None,
     max_rows: int = SAMPLE_ROWS,
     progress: Callable[[str], None] | None = None,
+    allowed: Callable[[Scheme, tuple[int, ...]], bool] = lambda scheme, shape: True,
 ) -> dict[tuple[str, Scheme], float]:
     """Predicted error per (tensor, scheme): 0.5 x Fisher-weighted SSE with ``fisher``, else relative SSE.
 
@@ -131,7 +143,7 @@ def error_table(
         if fisher is not None and weights is None:
             raise ConvertError("calibration_invalid", "the calibration has no Fisher information for it", tensor=c.name)
         for s in menu:
-            if not fits(s, c.shape):
+            if not (fits(s, c.shape) and allowed(s, c.shape)):
                 continue
             e = estimate_errors(rows, s, weights=weights, max_rows=max_rows)  # type: ignore[arg-type]
             table[c.name, s] = 0.5 * e["weighted"] if weights is not None else e["relative"]
@@ -161,31 +173,37 @@ def auto_policy(
     max_shard_size: int | str | None = None,
     extra: dict[str, Any] | None = None,
     progress: Callable[[str], None] | None = None,
+    fused_only: bool = False,
 ) -> tuple[Policy, Plan, Estimate]:
     """Measure, allocate and plan: the policy meeting ``target``, its plan, and what it predicts.
+
+    ``fused_only`` keeps to the schemes the Nano runtime multiplies on fused kernels (at most 4
+    bits, or int8_row, or fp16): decoding stays fast, at some cost in quality per byte.
 
     Raises:
         ConvertError: ``budget_too_small`` when even the cheapest scheme per tensor does not fit.
     """
     tensors = candidates(source, skeleton, keep)
     weights = sum(t.size for t in tensors)
-    table = error_table(source, tensors, menu, fisher=fisher, max_rows=max_rows, progress=progress)
+    allowed = runs_fused if fused_only else (lambda scheme, shape: True)
+    table = error_table(source, tensors, menu, fisher=fisher, max_rows=max_rows, progress=progress, allowed=allowed)
     proxy = "calibrated" if fisher is not None else "data-free"
+    menu_name = "fused" if fused_only else "all"
 
     def solve(budget_bits: float) -> Allocation:
         try:
-            return allocate(tensors, menu, lambda c, s: table[c.name, s], budget_bits)
+            return allocate(tensors, menu, lambda c, s: table[c.name, s], budget_bits, allowed=allowed)
         except ValueError as exc:
             raise ConvertError("budget_too_small", f"{target.to_json()}: {exc}") from None
 
     def plan_for(allocation: Allocation) -> tuple[Policy, Plan]:
-        policy = _policy(allocation, keep_dtype, keep, target, Estimate(proxy, allocation))
+        policy = _policy(allocation, keep_dtype, keep, target, Estimate(proxy, allocation, menu_name))
         return policy, make_plan(source, skeleton, policy, max_shard_size=max_shard_size, extra=extra)
 
     if target.bits_per_weight is not None:
         allocation = solve(budget_for_bpw(tensors, target.bits_per_weight))
         policy, plan = plan_for(allocation)
-        return policy, plan, Estimate(proxy, allocation)
+        return policy, plan, Estimate(proxy, allocation, menu_name)
     assert target.max_bytes is not None
     # the bytes that are not the candidates' (kept tensors, headers): read off the plan of any allocation
     roomy = solve(32.0 * weights)
@@ -197,6 +215,6 @@ def auto_policy(
         policy, plan = plan_for(allocation)
         over = plan.file_bytes - target.max_bytes
         if over <= 0:
-            return policy, plan, Estimate(proxy, allocation)
+            return policy, plan, Estimate(proxy, allocation, menu_name)
         budget -= 8.0 * over  # headers grew with the chosen schemes' fields: take it from the candidates
     raise ConvertError("budget_too_small", f"could not fit the weight files in {target.max_bytes} bytes (planned {plan.file_bytes})")

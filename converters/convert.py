@@ -27,6 +27,7 @@ from .auto import Target, auto_policy
 from .card import model_card
 from .errors import ConvertError
 from .folder import write_folder
+from .gate import check_gate
 from .gate import quality_gate as quality_gate_of
 from .plan import Plan, make_plan, parse_size
 from .policy import DEFAULT_TRANSFORM_BLOCK, Policy, load_policy
@@ -77,6 +78,7 @@ def convert(
     log: Callable[[str], None] | None = None,
     transform: str | None = None,
     transform_block: int | None = None,
+    menu: str = "all",
 ) -> ConversionReport:
     """Convert a Hugging Face model folder (or hub id) into a self-contained Nano folder.
 
@@ -109,6 +111,9 @@ def convert(
             of ``transform_block`` columns (default 64; format 1.1). With a policy it applies to
             every quantized rule; with ``target_bpw``/``max_size`` the allocator may choose,
             tensor by tensor, each menu scheme with or without it.
+        menu: with ``target_bpw``/``max_size``: ``"all"`` schemes (2-8 bits; the best quality per
+            byte) or only those the Nano runtime runs on ``"fused"`` kernels (at most 4 bits,
+            int8_row, fp16), which keeps decoding fast.
 
     Returns:
         A :class:`ConversionReport` (sizes, schemes, SQNR per tensor, timings).
@@ -119,13 +124,15 @@ def convert(
     """
     started = time.perf_counter()
     target = None if target_bpw is None and max_size is None else Target(target_bpw, parse_size(max_size))
+    if menu not in ("all", "fused"):
+        raise ValueError(f"menu must be 'all' or 'fused', got {menu!r}")
     rotate = transform not in (None, "none")
     if transform is not None and transform not in TRANSFORMS:
         raise ValueError(f"unknown transform {transform!r}: use one of {', '.join(TRANSFORMS)}")
     chosen = load_policy(policy).with_overrides(
         bits=bits, group_size=group_size, keep=tuple(keep), keep_dtype=keep_dtype, **({} if target else {"transform": transform, "transform_block": transform_block})
     )
-    menu = with_transform(CANDIDATE_SCHEMES, str(transform), transform_block or DEFAULT_TRANSFORM_BLOCK) if rotate else CANDIDATE_SCHEMES
+    schemes = with_transform(CANDIDATE_SCHEMES, str(transform), transform_block or DEFAULT_TRANSFORM_BLOCK) if rotate else CANDIDATE_SCHEMES
     folder = resolve_source(src)
     out = Path(dst)
     if not dry_run:
@@ -134,6 +141,8 @@ def convert(
     calibration_text = _read_text(calibration, "calibration text") if calibration is not None else None
     with open_source(folder) as source, ExitStack() as cleanup:
         skeleton = analyze(folder)
+        if quality_gate is not None:
+            check_gate(folder, causal=skeleton.causal)  # before the work, not after it
         analyzed = time.perf_counter()
         calib = _calibrate(folder, calibration_text, fisher=target is not None, cleanup=cleanup, log=log) if calibration_text else None
         calibrated = time.perf_counter()
@@ -142,8 +151,8 @@ def convert(
             plan = make_plan(source, skeleton, chosen, max_shard_size=max_shard_size, extra=extra)
         else:
             _, plan, _ = auto_policy(
-                source, skeleton, target, keep=keep, keep_dtype=chosen.keep_dtype, menu=menu, fisher=calib.fisher if calib else None,
-                max_shard_size=max_shard_size, extra=extra, progress=log,
+                source, skeleton, target, keep=keep, keep_dtype=chosen.keep_dtype, menu=schemes, fisher=calib.fisher if calib else None,
+                max_shard_size=max_shard_size, extra=extra, progress=log, fused_only=menu == "fused",
             )  # fmt: skip
         if calib is not None:
             recorded = {**plan.policy.overrides, "calibration": {"tokens": calib.tokens, "encoder": "gptq"}}

@@ -28,7 +28,7 @@ from nanofmt import Scheme
 
 from .errors import ConvertError
 
-__all__ = ["GateResult", "quality_gate", "default_gate_text", "GATE_TOKENS"]
+__all__ = ["GateResult", "quality_gate", "check_gate", "default_gate_text", "GATE_TOKENS"]
 
 GATE_TOKENS = 2048
 WINDOW = 256
@@ -82,13 +82,13 @@ class GateResult:
         }
 
 
-def _logprobs(model: Any, ids: Any) -> list[Any]:
+def _logprobs(model: Any, ids: Any, size: int) -> list[Any]:
     import torch
 
     out = []
     with torch.inference_mode():
-        for start in range(0, ids.shape[1] - 1, WINDOW):
-            window = ids[:, start : start + WINDOW + 1]
+        for start in range(0, ids.shape[1] - 1, size):
+            window = ids[:, start : start + size + 1]
             if window.shape[1] < 2:
                 break
             out.append(model(window[:, :-1]).logits.float().log_softmax(-1)[0])
@@ -120,13 +120,29 @@ def _kl(p: list[Any], q: list[Any]) -> tuple[float, float, int]:
     return total / count, same / count, count
 
 
-def _ppl(logprobs: list[Any], ids: Any) -> float:
+def _ppl(logprobs: list[Any], ids: Any, size: int) -> float:
     nll, count = 0.0, 0
     for i, lp in enumerate(logprobs):
-        target = ids[0, i * WINDOW + 1 : i * WINDOW + 1 + lp.shape[0]]
+        target = ids[0, i * size + 1 : i * size + 1 + lp.shape[0]]
         nll -= float(lp.gather(-1, target[:, None]).sum())
         count += lp.shape[0]
     return math.exp(nll / count)
+
+
+def check_gate(source_dir: str | os.PathLike[str], *, causal: bool) -> None:
+    """Fail before converting when the gate could not measure the result: not a causal LM, no tokenizer.
+
+    Raises:
+        ConvertError: ``quality_gate_failed``.
+    """
+    if not causal:
+        raise ConvertError("quality_gate_failed", "the quality gate compares next-token distributions: it needs a causal language model")
+    from transformers import AutoTokenizer
+
+    try:
+        AutoTokenizer.from_pretrained(source_dir)
+    except (OSError, ValueError) as exc:
+        raise ConvertError("quality_gate_failed", f"the quality gate reads text through the source's tokenizer, which does not load: {exc}") from None
 
 
 def quality_gate(
@@ -153,7 +169,10 @@ def quality_gate(
     from nanofmt.loaders import load_model
 
     say = progress or (lambda _: None)
-    tokenizer = AutoTokenizer.from_pretrained(source_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source_dir)
+    except (OSError, ValueError) as exc:
+        raise ConvertError("quality_gate_failed", f"the quality gate reads text through the source's tokenizer, which does not load: {exc}") from None
     ids = tokenizer(text if text is not None else default_gate_text(), return_tensors="pt")["input_ids"][:, :tokens]
     if ids.shape[1] < 2:
         raise ConvertError("quality_gate_failed", f"the gate text has {ids.shape[1]} tokens: nothing to measure")
@@ -161,14 +180,16 @@ def quality_gate(
         model = AutoModelForCausalLM.from_pretrained(source_dir, dtype=torch.float32).eval()
     except ValueError as exc:
         raise ConvertError("quality_gate_failed", f"the quality gate needs a causal language model: {exc}") from None
+    # windows no longer than the model's positions (learned position tables have a hard limit)
+    size = min(WINDOW, getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None) or WINDOW)
     say(f"quality gate: source model on {ids.shape[1]} tokens")
-    source = _logprobs(model, ids)
+    source = _logprobs(model, ids, size)
     _to_int8_baseline(model)
     say("quality gate: int8 baseline")
-    baseline = _logprobs(model, ids)
+    baseline = _logprobs(model, ids, size)
     del model
     say("quality gate: converted model")
-    result = _logprobs(load_model(nano_dir, dtype=torch.float32).eval(), ids)
+    result = _logprobs(load_model(nano_dir, dtype=torch.float32).eval(), ids, size)
     gap, top1, count = _kl(baseline, result)
     return GateResult(
         max_kl=max_kl,
@@ -176,6 +197,6 @@ def quality_gate(
         baseline_kl=_kl(source, baseline)[0],
         result_kl=_kl(source, result)[0],
         top1_vs_baseline=top1,
-        ppl={"source": _ppl(source, ids), "baseline": _ppl(baseline, ids), "result": _ppl(result, ids)},
+        ppl={"source": _ppl(source, ids, size), "baseline": _ppl(baseline, ids, size), "result": _ppl(result, ids, size)},
         tokens=count,
     )

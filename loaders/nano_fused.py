@@ -6,6 +6,20 @@ compute ``x @ W.T`` with ``W = (q - 8) * scale + zero`` per group of ``group_siz
 ``W = q * s + m``, so the kernel's ``scale = s`` and ``zero = m + 8 s``; affine_dq 4-bit first
 decodes its group ``s`` and ``m`` (SPEC.md order). int8_row maps onto the int8 kernel as it is.
 
+Which schemes run fused is :func:`fused_kernel` (``loaders/export.py`` keeps a torch-free twin
+for the converter; a unit test ties the two):
+
+- 2- and 3-bit codes (0..3, 0..7) are valid int4 codes, so any affine/affine_dq tensor of at
+  most 4 bits takes the int4 kernel unchanged. Its codes are widened to the int4 layout in
+  memory: **4 bits per weight in RAM**, not the 2-3 of the file (the notice says so). They are
+  centred on the kernel's 8 (``q + 8 - 2**(b-1)``, :func:`code_shift`), so its ``zero`` is the
+  group's mid value ``m + 2**(b-1) s``, as large as the weights: a bf16 ``m + 8 s`` would carry
+  an error of 2**-9 of ``8 s``, several times a 2-bit group's weights.
+- A row that is not whole groups (576 columns in groups of 128) is padded to whole groups: zero
+  codes in the repacked weight, ``K`` rounded up, and the activation zero-padded to match
+  (``x_pad @ W_pad.T == x @ W.T`` exactly: the padded weights meet zeros). Rows are padded to
+  the CPU kernel's multiple of 16 the same way, with zero scales, and the extra outputs dropped.
+
 The kernels take their scales and zeros in the activation dtype. They are fast only for
 bfloat16 (the CPU fp32/fp16 variants are scalar loops), so scales and zeros are rounded to bf16:
 the result equals the chunked path up to that rounding (relative 2**-9 of a scale or zero, a few
@@ -31,6 +45,8 @@ logger = logging.getLogger("nanofmt.runtime")
 _NOTICES: set[str] = set()
 CONVERT_ROWS = 256  # rows converted per call at load: bounds the int32 transient, block aligned
 INT4_GROUPS = (32, 64, 128, 256)
+INT4_MAX_BITS = 4
+ROW_TILE = 16  # the CPU int4 converter wants rows in multiples of 16 (CUDA: 8)
 
 
 def notice(message: str) -> None:
@@ -44,22 +60,38 @@ def _op(name: str) -> object | None:
     return getattr(torch.ops.aten, name, None)
 
 
+def fused_kernel(kind: str, bits: int | None, group_size: int | None, cols: int) -> bool:
+    """Whether a scheme runs on a fused kernel (where the device has them; bf16 compute by default).
+
+    int8_row always; affine and affine_dq with at most 4 bits and a kernel group size, whatever
+    ``cols`` (a tail group is padded). Everything else decodes blocks (the chunked path).
+    ``loaders/export.py: fused_kernel`` is the same rule without torch.
+    """
+    if kind == "int8_row":
+        return True
+    return kind in ("affine", "affine_dq") and bits is not None and 1 <= bits <= INT4_MAX_BITS and group_size in INT4_GROUPS and cols >= 1
+
+
+def code_shift(bits: int) -> int:
+    """What the int4 layout adds to ``bits``-bit codes: ``8 - 2**(bits-1)`` (0 for 4 bits)."""
+    return 8 - (1 << (bits - 1))
+
+
+def int4_padded(rows: int, cols: int, group: int) -> tuple[int, int]:
+    """The kernel's ``(N, K)`` for a ``(rows, cols)`` weight: rows to 16, columns to whole groups."""
+    return -(-rows // ROW_TILE) * ROW_TILE, -(-cols // group) * group
+
+
 def int4_unfit(scheme: Scheme, rows: int, cols: int, device: torch.device) -> str | None:
     """Why the int4 kernel cannot take this tensor, or None when it can."""
-    if scheme.kind not in ("affine", "affine_dq") or scheme.bits != 4:
-        return f"{scheme.name} {scheme.bits}-bit has no int4 kernel"
-    if scheme.group_size not in INT4_GROUPS or cols % scheme.group_size:
-        return f"columns {cols} are not whole groups of {scheme.group_size}"
+    if scheme.kind not in ("affine", "affine_dq") or not fused_kernel(scheme.kind, scheme.bits, scheme.group_size, cols):
+        return f"{scheme.name} {scheme.bits}-bit g{scheme.group_size} has no int4 kernel"
     if device.type == "cpu":
         if _op("_weight_int4pack_mm_for_cpu") is None or _op("_convert_weight_to_int4pack_for_cpu") is None:
             return "this torch has no CPU int4 kernel"
-        return None if rows % 16 == 0 else f"rows {rows} are not a multiple of 16"
-    if device.type == "cuda":
-        if _op("_weight_int4pack_mm") is None:
-            return "this torch has no CUDA int4 kernel"
-        if rows % 8 or cols % 32:
-            return f"shape ({rows}, {cols}) does not tile by (8, 32)"
         return None
+    if device.type == "cuda":
+        return "this torch has no CUDA int4 kernel" if _op("_weight_int4pack_mm") is None else None
     return f"no int4 kernel on {device.type}"
 
 
@@ -74,34 +106,58 @@ def int8_unfit(scheme: Scheme, device: torch.device) -> str | None:
 # --- int4 ------------------------------------------------------------------------------------
 
 
-def scales_and_zeros(parts: dict[str | None, torch.Tensor], scheme: Scheme, cols: int) -> torch.Tensor:
-    """The kernel's ``(groups, rows, 2)`` bf16 table: (s, m + 8 s) per group, computed in fp32."""
+def scales_and_zeros(parts: dict[str | None, torch.Tensor], scheme: Scheme, cols: int, padded_rows: int | None = None) -> torch.Tensor:
+    """The kernel's ``(groups, padded_rows, 2)`` bf16 table: (s, m + 2**(b-1) s) per group (the
+    codes are shifted by :func:`code_shift`), computed in fp32; padding rows get zeros."""
+    assert scheme.bits is not None
     scale, offset = group_scales_offsets(parts, scheme, cols)
-    zero = offset + 8.0 * scale
-    return torch.stack([scale.t(), zero.t()], dim=-1).to(torch.bfloat16).contiguous()
+    zero = offset + float(8 - code_shift(scheme.bits)) * scale
+    table = torch.stack([scale.t(), zero.t()], dim=-1).to(torch.bfloat16)
+    rows = table.shape[1]
+    if padded_rows is not None and padded_rows > rows:
+        table = torch.nn.functional.pad(table, (0, 0, 0, padded_rows - rows))
+    return table.contiguous()
 
 
 def _inner_k_tiles(cols: int) -> int:
     return next(t for t in (8, 4, 2) if cols % (t * 16) == 0)
 
 
-def pack_int4(codes: torch.Tensor, cols: int) -> torch.Tensor:
-    """Nano 4-bit rows ``(rows, cols/2)`` -> the int4 kernel's layout on ``codes.device``."""
-    if codes.device.type == "cuda":
-        # The CUDA op takes two codes per byte, the even column in the high nibble: Nano's bytes
-        # with their nibbles swapped.
-        swapped = (codes << 4) | (codes >> 4)
-        return torch.ops.aten._convert_weight_to_int4pack(swapped.contiguous(), _inner_k_tiles(cols))
-    layout = cpu_int4_layout(codes.shape[0])
-    return _pack_cpu_direct(codes, cols, layout) if layout is not None else _pack_cpu_op(codes, cols)
-
-
-def _pack_cpu_op(codes: torch.Tensor, cols: int) -> torch.Tensor:
-    """Through torch's own converter (a scalar loop that wants int32 codes): a block at a time."""
+def _codes(codes: torch.Tensor, bits: int, cols: int, r0: int, r1: int, k: int) -> torch.Tensor:
+    """Codes ``(r1 - r0, k)`` uint8 of Nano rows ``r0:r1`` (any width <= 4 bits) plus
+    :func:`code_shift`, zero beyond the stored rows and columns (the kernel's padding)."""
     rows = codes.shape[0]
-    out = torch.empty(rows, cols // 2, dtype=torch.uint8)
-    for r0 in range(0, rows, CONVERT_ROWS):
-        block = unpack_codes(codes[r0 : r0 + CONVERT_ROWS], 4, cols).to(torch.int32)
+    got = unpack_codes(codes[min(r0, rows) : min(r1, rows)], bits, cols)
+    if code_shift(bits):
+        got = got + code_shift(bits)
+    if got.shape == (r1 - r0, k):
+        return got
+    out = torch.zeros(r1 - r0, k, dtype=torch.uint8, device=codes.device)
+    out[: got.shape[0], :cols] = got
+    return out
+
+
+def pack_int4(codes: torch.Tensor, cols: int, bits: int = 4, shape: tuple[int, int] | None = None) -> torch.Tensor:
+    """Nano rows of ``bits``-bit codes -> the int4 kernel's layout of the padded ``shape = (N, K)``
+    (default: the stored rows and ``cols``) on ``codes.device``."""
+    n, k = shape or (codes.shape[0], cols)
+    if codes.device.type == "cuda":
+        # The CUDA op takes two codes per byte, the even column in the high nibble.
+        nibbles = torch.empty(n, k // 2, dtype=torch.uint8, device=codes.device)
+        for r0 in range(0, n, CONVERT_ROWS):
+            q = _codes(codes, bits, cols, r0, min(n, r0 + CONVERT_ROWS), k)
+            nibbles[r0 : r0 + q.shape[0]] = (q[:, 0::2] << 4) | q[:, 1::2]
+        return torch.ops.aten._convert_weight_to_int4pack(nibbles, _inner_k_tiles(k))
+    layout = cpu_int4_layout(n)
+    return _pack_cpu_direct(codes, cols, layout, bits, (n, k)) if layout is not None else _pack_cpu_op(codes, cols, bits, (n, k))
+
+
+def _pack_cpu_op(codes: torch.Tensor, cols: int, bits: int = 4, shape: tuple[int, int] | None = None) -> torch.Tensor:
+    """Through torch's own converter (a scalar loop that wants int32 codes): a block at a time."""
+    n, k = shape or (codes.shape[0], cols)
+    out = torch.empty(n, k // 2, dtype=torch.uint8)
+    for r0 in range(0, n, CONVERT_ROWS):
+        block = _codes(codes, bits, cols, r0, min(n, r0 + CONVERT_ROWS), k).to(torch.int32)
         out[r0 : r0 + block.shape[0]] = torch.ops.aten._convert_weight_to_int4pack_for_cpu(block, 1)
     return out
 
@@ -113,27 +169,37 @@ def _pack_blocks(q: torch.Tensor, n: int, mode: str) -> torch.Tensor:
     return (lo | (hi << 4)).transpose(1, 2).contiguous()
 
 
-def _pack_cpu_direct(codes: torch.Tensor, cols: int, layout: CpuInt4Layout) -> torch.Tensor:
+def _pack_cpu_direct(codes: torch.Tensor, cols: int, layout: CpuInt4Layout, bits: int = 4, shape: tuple[int, int] | None = None) -> torch.Tensor:
     """The CPU layout written by the verified layout model, vectorised (the op is a scalar loop)."""
-    rows, b = codes.shape[0], layout.block
-    out = torch.empty(rows * cols // 2, dtype=torch.uint8)
-    full = rows // b * b
+    (n, k), b = shape or (codes.shape[0], cols), layout.block
+    out = torch.empty(n * k // 2, dtype=torch.uint8)
+    full = n // b * b
     step = max(b, CONVERT_ROWS * 16 // b * b)
     for r0 in range(0, full, step):  # bounded transients: `step` rows unpacked at a time
         r1 = min(full, r0 + step)
-        out[r0 * cols // 2 : r1 * cols // 2] = _pack_blocks(unpack_codes(codes[r0:r1], 4, cols), b, layout.full).reshape(-1)
-    if full < rows:
-        out[full * cols // 2 :] = _pack_blocks(unpack_codes(codes[full:], 4, cols), rows - full, layout.partial).reshape(-1)
-    return out.view(rows, cols // 2)
+        out[r0 * k // 2 : r1 * k // 2] = _pack_blocks(_codes(codes, bits, cols, r0, r1, k), b, layout.full).reshape(-1)
+    if full < n:
+        out[full * k // 2 :] = _pack_blocks(_codes(codes, bits, cols, full, n, k), n - full, layout.partial).reshape(-1)
+    return out.view(n, k // 2)
 
 
-def int4_matmul(x: torch.Tensor, packed: torch.Tensor, group: int, sz: torch.Tensor) -> torch.Tensor:
-    """``x @ W.T`` for 2-D ``x`` in any float dtype (run in bf16, returned in ``x.dtype``)."""
-    xb = x.to(torch.bfloat16).contiguous()
+def int4_matmul(x: torch.Tensor, packed: torch.Tensor, group: int, sz: torch.Tensor, rows: int | None = None) -> torch.Tensor:
+    """``x @ W.T`` for 2-D ``x`` in any float dtype (run in bf16, returned in ``x.dtype``).
+
+    ``x`` narrower than the kernel's ``K`` (``group`` times the table's groups) is zero-padded;
+    outputs beyond ``rows`` (padding rows) are dropped.
+    """
+    xb = x.to(torch.bfloat16)
+    k = sz.shape[0] * group
+    if xb.shape[-1] < k:
+        xb = torch.nn.functional.pad(xb, (0, k - xb.shape[-1]))
+    xb = xb.contiguous()
     if packed.device.type == "cuda":
         y = torch.ops.aten._weight_int4pack_mm(xb, packed, group, sz)
     else:
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(xb, packed, group, sz)
+    if rows is not None and rows < y.shape[1]:
+        y = y[:, :rows].contiguous()
     return y.to(x.dtype)
 
 

@@ -103,36 +103,44 @@ def unpack_codes(packed: torch.Tensor, bits: int, n: int, out: torch.Tensor | No
 
     ``out``, when given, is a uint8 buffer of at least ``2 * rows * ceil(n/8) * 8`` elements: the
     codes are written into its first half, the unpacking's intermediates into the second (the
-    chunked path passes its scratch, so decoding a block allocates nothing large).
+    chunked path passes its scratch, so decoding a block allocates nothing). Without it, one
+    buffer of that size is allocated. Every width works in uint8 only: a wider integer
+    intermediate costs 8-24 bytes per code, which is what the chunked path's peaks were made of.
     """
     rows, width = packed.shape
     if width != _ceil(n, CODES_PER_UNIT) * bits:
         raise ValueError(f"packed rows of {width} bytes cannot hold {n} codes of {bits} bits")
     if bits == 8:
         return packed[:, :n]
+    units = width // bits  # 8 codes of b bits are exactly b bytes
+    size = rows * units * CODES_PER_UNIT
+    if out is None:
+        out = torch.empty(2 * size, dtype=torch.uint8, device=packed.device)
     mask = (1 << bits) - 1
-    if 8 % bits == 0:  # 1, 2, 4 bits: a byte holds whole codes (stacking beats strided writes 2x on CPU)
-        per, size = 8 // bits, rows * width * (8 // bits)
-        if out is None:
-            shifted = [(packed >> shift) & mask for shift in range(0, 8, bits)]
-            full = torch.empty(rows, width, per, dtype=torch.uint8, device=packed.device)
-        else:  # the shifted copies live in the buffer's second half: no allocation at all
-            shifted = [out[size + j * rows * width : size + (j + 1) * rows * width].view(rows, width) for j in range(per)]
-            for j, part in enumerate(shifted):
-                torch.bitwise_right_shift(packed, j * bits, out=part)
-                part.bitwise_and_(mask)
-            full = out[:size].view(rows, width, per)
-        torch.stack(shifted, dim=-1, out=full)
-        return full.view(rows, width * per)[:, :n]
-    # 3, 5, 6, 7 bits: 8 codes span exactly `bits` bytes; read them as one little-endian word
-    units = width // bits
-    parts = packed.reshape(rows, units, bits).to(torch.int64)
-    word = parts[..., 0].clone()
-    for j in range(1, bits):
-        word |= parts[..., j] << (8 * j)
-    shifts64 = torch.arange(0, CODES_PER_UNIT * bits, bits, dtype=torch.int64, device=packed.device)
-    codes = ((word.unsqueeze(-1) >> shifts64) & mask).to(torch.uint8)
-    return codes.reshape(rows, units * CODES_PER_UNIT)[:, :n]
+    if 8 % bits == 0:  # 1, 2, 4 bits: a byte holds whole codes; shift whole rows (contiguous reads)
+        per = 8 // bits
+        whole = [out[size + j * rows * width : size + (j + 1) * rows * width].view(rows, width) for j in range(per)]
+        for j, part in enumerate(whole):
+            torch.bitwise_right_shift(packed, j * bits, out=part)
+            part.bitwise_and_(mask)
+        codes = out[:size].view(rows, width, per)
+        torch.stack(whole, dim=-1, out=codes)  # stacking beats strided writes 2x on CPU
+        return codes.view(rows, width * per)[:, :n]
+    # code j of every unit: its low bits from byte j*b // 8, its high bits (if it straddles) from
+    # the next byte; uint8 left shifts drop what lies beyond the code, the mask the rest.
+    parts = packed.reshape(rows, units, bits)
+    shifted = [out[size + j * rows * units : size + (j + 1) * rows * units].view(rows, units) for j in range(CODES_PER_UNIT)]
+    spill = out[: rows * units].view(rows, units)  # the first half is free until the final stack
+    for j, part in enumerate(shifted):
+        byte, shift = divmod(j * bits, 8)
+        torch.bitwise_right_shift(parts[..., byte], shift, out=part)
+        if shift + bits > 8:
+            torch.bitwise_left_shift(parts[..., byte + 1], 8 - shift, out=spill)
+            part.bitwise_or_(spill)
+        part.bitwise_and_(mask)
+    full = out[:size].view(rows, units, CODES_PER_UNIT)
+    torch.stack(shifted, dim=-1, out=full)
+    return full.view(rows, units * CODES_PER_UNIT)[:, :n]
 
 
 def _expand_blocks(per_block: torch.Tensor, groups: int) -> torch.Tensor:
@@ -153,20 +161,23 @@ def group_scales_offsets(parts: dict[str | None, torch.Tensor], scheme: Scheme, 
 
 
 def _affine_values(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, group: int, out: torch.Tensor) -> torch.Tensor:
-    """``out = fl(fl(q * scale) + offset)``, each group's scale and offset broadcast along its row."""
+    """``out = fl(fl(q * scale) + offset)``, each group's scale and offset broadcast along its row.
+
+    The whole groups go as one ``(rows, groups, group)`` view, a short tail group (``cols`` not a
+    multiple of ``group``) on its own: no padded copy of the block.
+    """
     rows, cols = q.shape
-    groups = scale.shape[1]
-    if cols == groups * group:
-        view = out.view(rows, groups, group)
-        view.copy_(q.view(rows, groups, group))
-    else:  # a short tail group: decode padded, then keep the real columns
-        padded = torch.zeros(rows, groups * group, dtype=torch.float32, device=q.device)
-        padded[:, :cols] = q
-        view = padded.view(rows, groups, group)
-    view.mul_(scale.unsqueeze(-1))
-    view.add_(offset.unsqueeze(-1))
-    if cols != groups * group:
-        out.copy_(padded[:, :cols])
+    whole = cols // group
+    if whole:
+        view = out[:, : whole * group].view(rows, whole, group)
+        view.copy_(q[:, : whole * group].view(rows, whole, group))
+        view.mul_(scale[:, :whole].unsqueeze(-1))
+        view.add_(offset[:, :whole].unsqueeze(-1))
+    if whole * group < cols:
+        tail = out[:, whole * group :]
+        tail.copy_(q[:, whole * group :])
+        tail.mul_(scale[:, whole : whole + 1])
+        tail.add_(offset[:, whole : whole + 1])
     return out
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .nano_fused import notice
+from .nano_fused import fused_kernel, notice
 from .nano_io import Arena, NanoLoadError, Record, Shard, shard_paths
 from .nano_kernels import decode_values
 from .nano_modules import NanoEmbedding, NanoLinear, NanoTiedHead, PackedMatrix
@@ -209,7 +209,7 @@ def fill(model: nn.Module, items: dict[str, Item], device_of: Any, dtype: torch.
 
 def _wants_fused(module: PackedMatrix, dtype: torch.dtype, fused: bool | None, *, tied: bool) -> bool:
     """A fused kernel when asked (``fused=True``) or, by default, where it is fast: bf16 compute."""
-    eligible = (module.scheme.kind in ("affine", "affine_dq") and module.scheme.bits == 4) or module.scheme.kind == "int8_row"
+    eligible = fused_kernel(module.scheme.kind, module.scheme.bits, module.scheme.group_size, module.cols)
     if fused is False or not eligible or (fused is None and dtype != torch.bfloat16):
         return False
     return tied or not isinstance(module, NanoEmbedding)  # a lone embedding only gathers rows: its stored layout is right

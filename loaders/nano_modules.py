@@ -21,7 +21,10 @@ nothing large. ``.to(device)`` moves the packed buffers as they are; ``.to(dtype
 compute dtype only (the stored fp16 metadata is never rounded).
 
 The fused path runs in bfloat16 whatever the compute dtype (the only dtype its kernels are fast
-in); by default the loader picks it for bf16 compute only. Its codes live in the kernel's
+in); by default the loader picks it for bf16 compute only. It takes int8_row and every
+affine/affine_dq weight of at most 4 bits (``nano_fused.fused_kernel``): 2- and 3-bit codes are
+held in the int4 layout, 4 bits per weight in memory, and rows that are not whole groups are
+padded to whole groups. Its codes live in the kernel's
 device-specific layout, so such a module cannot change device: load the model on the device.
 """
 
@@ -34,7 +37,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .nano_fused import cpu_int4_layout, gather_int4_cpu, int4_matmul, int4_unfit, int8_matmul, int8_unfit, pack_int4, scales_and_zeros
+from .nano_fused import (
+    code_shift,
+    cpu_int4_layout,
+    gather_int4_cpu,
+    int4_matmul,
+    int4_padded,
+    int4_unfit,
+    int8_matmul,
+    int8_unfit,
+    notice,
+    pack_int4,
+    scales_and_zeros,
+)
 from .nano_hadamard import release_rotations, rotate_shared, shared_signs, unrotate_rows
 from .nano_kernels import TORCH_DTYPES, Scheme, component_layout, decode_rows
 
@@ -139,8 +154,10 @@ class PackedMatrix(nn.Module):
     def gather(self, ids: torch.Tensor) -> torch.Tensor:
         """Logical rows ``ids`` (1-D) in float32, decoding only those rows (any transform undone)."""
         codes = None
-        if self.path == "int4":  # the codes live in the kernel's layout; metadata as stored
-            codes = gather_int4_cpu(self._buffers["weight_packed"], ids, self.rows, self.cols, self._layout)  # type: ignore[arg-type]
+        if self.path == "int4":  # the codes live in the kernel's (padded) layout; metadata as stored
+            n, k = int4_padded(self.rows, self.cols, self.scheme.group_size)  # type: ignore[arg-type]
+            codes = gather_int4_cpu(self._buffers["weight_packed"], ids, n, k, self._layout)[:, : self.cols]  # type: ignore[arg-type]
+            codes -= code_shift(self.scheme.bits)  # type: ignore[arg-type]
         values = decode_rows(self.parts(lambda t: t.index_select(0, ids)), self.scheme, self.cols, codes=codes)
         if self.scheme.rotated:
             assert self.scheme.transform_block is not None
@@ -161,7 +178,7 @@ class PackedMatrix(nn.Module):
             assert self.scheme.transform_block is not None
             x = rotate_shared(x, self.signs(x.device), self.scheme.transform_block)
         if self.path == "int4":
-            return int4_matmul(x, self._buffers["weight_packed"], self.scheme.group_size, self._buffers["weight_sz"])  # type: ignore[arg-type]
+            return int4_matmul(x, self._buffers["weight_packed"], self.scheme.group_size, self._buffers["weight_sz"], self.rows)  # type: ignore[arg-type]
         if self.path == "int8":
             return int8_matmul(x, self._buffers["weight_codes"], self._buffers["weight_scales"])  # type: ignore[arg-type]
         step = self.chunk_rows()
@@ -190,19 +207,24 @@ class PackedMatrix(nn.Module):
                 self.path = "int8"
             return reason
         reason = int4_unfit(self.scheme, self.rows, self.cols, device)
-        if reason is None and keep_rows:
-            self._layout = cpu_int4_layout(self.rows) if device.type == "cpu" else None
-            reason = None if self._layout is not None else f"cannot read rows back from the int4 layout on {device.type}"
         if reason is not None:
             return reason
+        assert self.scheme.bits is not None and self.scheme.group_size is not None
+        shape = int4_padded(self.rows, self.cols, self.scheme.group_size)
+        if keep_rows:
+            self._layout = cpu_int4_layout(shape[0]) if device.type == "cpu" else None
+            if self._layout is None:
+                return f"cannot read rows back from the int4 layout on {device.type}"
         try:
-            sz = scales_and_zeros(self.parts(), self.scheme, self.cols)
-            packed = pack_int4(self._buffers["weight_codes"], self.cols)  # type: ignore[arg-type]
+            sz = scales_and_zeros(self.parts(), self.scheme, self.cols, shape[0])
+            packed = pack_int4(self._buffers["weight_codes"], self.cols, self.scheme.bits, shape)  # type: ignore[arg-type]
         except RuntimeError as exc:  # the op exists but refuses this build or device
             return f"int4 repack failed ({str(exc).splitlines()[0][:120]})"
-        reason = _fails(lambda: int4_matmul(probe, packed, self.scheme.group_size, sz))  # type: ignore[arg-type]
+        reason = _fails(lambda: int4_matmul(probe, packed, self.scheme.group_size, sz, self.rows))  # type: ignore[arg-type]
         if reason is not None:
             return reason
+        if self.scheme.bits < 4:
+            notice(f"{self.scheme.bits}-bit weights run on the int4 kernel, held at 4 bits per weight in memory (the file has {self.scheme.bits})")
         for name in list(self._packed):
             if name == "weight_signs":  # a few bytes, kept (the loader may have read it into a reused buffer)
                 self._buffers[name] = self._buffers[name].clone()  # type: ignore[union-attr]

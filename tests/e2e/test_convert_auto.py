@@ -172,3 +172,27 @@ def test_convert_calibrated_target_uses_the_fisher_proxy(tiny_model, tmp_path):
     card = (tmp_path / "nano" / "README.md").read_text()
     assert "chosen per tensor by `nanofmt convert` for a budget of 5.0 bits per weight" in card
     assert "Fisher information" in card and "GPTQ error feedback" in card
+
+
+def test_convert_auto_fused_menu_keeps_to_fused_kernels(tiny_model, tmp_path):
+    from nanofmt.loaders.export import fused_kernel
+
+    report = convert(tiny_model("llama"), tmp_path / "nano", target_bpw=5.0, menu="fused", dry_run=True)
+    assert report.policy["overrides"]["allocation"]["menu"] == "fused"
+    resolved = report.policy["rules"]
+    quantized = [r for r in resolved if r.get("scheme") not in ("keep", "f16", "bf16", "f32")]
+    assert quantized and all(fused_kernel(r["scheme"], r.get("bits"), r.get("group_size"), 64) for r in quantized)
+    assert quantized_bpw(report) <= 5.0
+    everything = convert(tiny_model("llama"), tmp_path / "nano", target_bpw=5.0, dry_run=True)
+    assert everything.policy["overrides"]["allocation"]["menu"] == "all"
+    with pytest.raises(ValueError, match="menu"):
+        convert(tiny_model("llama"), tmp_path / "nano", target_bpw=5.0, menu="fast")
+
+
+def test_convert_quality_gate_refuses_what_it_cannot_measure(tiny_model, tmp_path):
+    with pytest.raises(ConvertError, match="tokenizer") as info:
+        convert(tiny_model("llama"), tmp_path / "nano", quality_gate=1.0)  # no tokenizer in the folder
+    assert info.value.reason == "quality_gate_failed" and not (tmp_path / "nano").exists()
+    with pytest.raises(ConvertError, match="causal language model"):
+        convert(tiny_model("bert", tokenizer=True), tmp_path / "bert", quality_gate=1.0)
+    assert not (tmp_path / "bert").exists()

@@ -81,14 +81,48 @@ def test_nano_module_fused_equals_chunked(scheme: nanofmt.Scheme, shape: tuple[i
     assert "weight_codes" not in dict(fused.named_buffers()) or fused.path == "int8"  # int4: codes stored once, in the kernel layout
 
 
-def test_nano_module_fused_refuses_unfit_shapes() -> None:
-    linear, w = packed(M.NanoLinear, Q4, 40, 64, dtype=torch.bfloat16)  # 40 rows: the CPU kernel needs multiples of 16
-    assert "multiple of 16" in linear.use_fused()
+# <= 4-bit codes at any width: 2/3-bit codes are valid int4 codes; tails and odd rows are padded
+WIDENED = [
+    nanofmt.Scheme("affine", bits=2, group_size=32),
+    nanofmt.Scheme("affine", bits=3, group_size=64),
+    nanofmt.Scheme("affine_dq", bits=3, group_size=32, meta_bits=4),
+    nanofmt.Scheme("affine_dq", bits=2, group_size=128, meta_bits=6),
+    nanofmt.Scheme("affine_dq", bits=4, group_size=128, meta_bits=6),
+    nanofmt.Scheme("affine", bits=4, group_size=64),
+]
+
+
+@pytest.mark.parametrize("scheme", WIDENED, ids=lambda s: s.label())
+@pytest.mark.parametrize("shape", [(64, 576), (40, 100), (48, 128)], ids=str)
+def test_nano_module_fused_takes_narrow_codes_and_tail_groups(scheme: nanofmt.Scheme, shape: tuple[int, int]) -> None:
+    """Same tolerance as the 4-bit fused test: only the bf16 rounding of scales and zeros differs."""
+    rows, cols = shape
+    fused, w = packed(M.NanoLinear, scheme, rows, cols, dtype=torch.bfloat16)
+    assert fused.use_fused() is None and fused.path == "int4"
+    assert "weight_codes" not in dict(fused.named_buffers())
+    x = torch.randn(3, cols, dtype=torch.bfloat16)
+    exact = x.double() @ w.T
+    got = fused(x)
+    assert got.shape == (3, rows) and got.dtype == torch.bfloat16
+    assert float((got.double() - exact).abs().max()) <= 0.02 * float(exact.abs().max())
+
+
+def test_nano_module_fused_tied_table_with_tail_and_odd_rows() -> None:
+    table, w = packed(M.NanoEmbedding, nanofmt.Scheme("affine_dq", bits=3, group_size=128, meta_bits=6), 150, 576, dtype=torch.bfloat16)
+    assert table.use_fused(keep_rows=True) is None and table.path == "int4"
+    ids = torch.tensor([0, 63, 64, 149])
+    assert torch.equal(table(ids), w[ids].bfloat16())  # rows read back from the padded kernel layout, exact
+    h = torch.randn(4, 576, dtype=torch.bfloat16)
+    exact = h.double() @ w.T
+    assert float((M.NanoTiedHead(table)(h).double() - exact).abs().max()) <= 0.02 * float(exact.abs().max())
+
+
+def test_nano_module_fused_refuses_wide_codes() -> None:
+    linear, w = packed(M.NanoLinear, nanofmt.Scheme("affine", bits=5, group_size=32), 64, 64, dtype=torch.bfloat16)
+    assert "no int4 kernel" in linear.use_fused()
     assert linear.path == "chunked"
     x = torch.randn(2, 64, dtype=torch.bfloat16)
     torch.testing.assert_close(linear(x), torch.nn.functional.linear(x, w.bfloat16()))
-    linear3, _ = packed(M.NanoLinear, nanofmt.Scheme("affine", bits=3, group_size=32), 64, 64)
-    assert "no int4 kernel" in linear3.use_fused()
 
 
 def test_nano_module_fused_missing_op_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
