@@ -156,7 +156,7 @@ class _ProgressBar:
 @click.option("--transform", type=click.Choice(["none", "hadamard"]), help="Rotate quantized rows (format 1.1): on every quantized rule, or with --target-bpw as a choice per tensor.")
 @click.option("--transform-block", type=click.Choice(["16", "64", "256", "1024", "4096"]), help="Columns per Hadamard block (default 64).")
 @click.option("--target-bpw", type=float, metavar="BITS", help="Pick a scheme per Linear/Embedding weight to minimise predicted error at this many bits per weight (replaces --policy/--bits/--group-size).")
-@click.option("--menu", type=click.Choice(["all", "fused"]), default="all", show_default=True, help="With --target-bpw/--max-size: every scheme, or only those the runtime runs on fused kernels (<= 4 bits, int8, fp16; fast decode).")
+@click.option("--menu", type=click.Choice(["fused", "all"]), default="fused", show_default=True, help="With --target-bpw/--max-size: only schemes the runtime runs on fused kernels (<= 4 bits, int8, fp16; fast decode), or all (5/6/8-bit too; slower decode).")
 @click.option("--max-size", metavar="SIZE", help="Like --target-bpw, with the weight files at most SIZE in all (e.g. 80MB).")
 @click.option("--calibration", type=click.Path(exists=True, dir_okay=False), help="A text file the model reads (needs torch): GPTQ encoding on its activations; with --target-bpw/--max-size, Fisher-weighted errors.")
 @click.option("--quality-gate", type=float, metavar="KL", help="Fail, writing nothing, if the mean KL (nats/token) between the result and the int8 baseline exceeds KL (needs torch).")

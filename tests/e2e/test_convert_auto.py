@@ -177,13 +177,13 @@ def test_convert_calibrated_target_uses_the_fisher_proxy(tiny_model, tmp_path):
 def test_convert_auto_fused_menu_keeps_to_fused_kernels(tiny_model, tmp_path):
     from nanofmt.loaders.export import fused_kernel
 
-    report = convert(tiny_model("llama"), tmp_path / "nano", target_bpw=5.0, menu="fused", dry_run=True)
+    report = convert(tiny_model("llama"), tmp_path / "nano", target_bpw=5.0, dry_run=True)  # the default
     assert report.policy["overrides"]["allocation"]["menu"] == "fused"
     resolved = report.policy["rules"]
     quantized = [r for r in resolved if r.get("scheme") not in ("keep", "f16", "bf16", "f32")]
     assert quantized and all(fused_kernel(r["scheme"], r.get("bits"), r.get("group_size"), 64) for r in quantized)
     assert quantized_bpw(report) <= 5.0
-    everything = convert(tiny_model("llama"), tmp_path / "nano", target_bpw=5.0, dry_run=True)
+    everything = convert(tiny_model("llama"), tmp_path / "nano", target_bpw=5.0, menu="all", dry_run=True)
     assert everything.policy["overrides"]["allocation"]["menu"] == "all"
     with pytest.raises(ValueError, match="menu"):
         convert(tiny_model("llama"), tmp_path / "nano", target_bpw=5.0, menu="fast")
