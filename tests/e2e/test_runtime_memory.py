@@ -92,7 +92,9 @@ def test_runtime_memory_peak_load_and_forward(tmp_path: Path, case: str) -> None
         # slack for allocator and first-load transients: 16 MiB held here, 35 in a fresh CI clone;
         # still far below the 110 MiB that materialising the fp32 weights would add
         assert m["load_peak"] - m["base"] <= 1.10 * packed + 48, (measured, packed)
-        # activations (64 tokens: a few MiB), logits, and the chunked path's scratch (about 3x its cap)
-        assert m["run_peak"] - m["loaded"] <= 3 * CHUNK_MIB + 16, (measured, packed)
+        # activations (64 tokens: a few MiB), logits, the chunked path's scratch (about 3x its cap)
+        # and one-time library state of the bf16 matmuls: 22 MiB measured here, 32 in a fresh CI
+        # clone; the per-block temporaries this guards against reached 150
+        assert m["run_peak"] - m["loaded"] <= 3 * CHUNK_MIB + 32, (measured, packed)
         # what stays resident after running: the scratch, not the decode's freed temporaries
-        assert m["in_use"] - m["loaded"] <= 3 * CHUNK_MIB + 16, (measured, packed)
+        assert m["in_use"] - m["loaded"] <= 3 * CHUNK_MIB + 32, (measured, packed)
