@@ -53,7 +53,7 @@ from nanofmt.converters.allocate import (
     Allocation,
     Candidate,
     allocate,
-    estimate_errors,
+    estimate_menu,
     fits,
     heuristic_importance,
     runs_fused,
@@ -215,10 +215,8 @@ def error_tables(
     """Per proxy, per (tensor, menu scheme): converters/allocate.py's predicted error."""
     tables: dict[str, dict[tuple[str, Scheme], float]] = {"calibrated": {}, "data-free": {}, "weight SSE": {}}
     for name, x in originals.items():
-        for s in MENU:
-            if not fits(s, x.shape):
-                continue  # the allocator leaves it out too
-            e = estimate_errors(x, s, weights=None if fisher_diag is None else fisher_diag[name], max_rows=max_rows)
+        offered = [s for s in MENU if fits(s, x.shape)]  # what the allocator offers this tensor
+        for s, e in estimate_menu(x, offered, weights=None if fisher_diag is None else fisher_diag[name], max_rows=max_rows).items():
             tables["data-free"][name, s], tables["weight SSE"][name, s] = e["relative"], e["sse"]
             if "weighted" in e:
                 tables["calibrated"][name, s] = 0.5 * e["weighted"]  # second order: KL ~ 0.5 dw' F dw

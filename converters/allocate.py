@@ -71,6 +71,7 @@ __all__ = [
     "stored_bytes",
     "budget_for_bpw",
     "estimate_errors",
+    "estimate_menu",
     "heuristic_importance",
 ]
 
@@ -278,12 +279,19 @@ def solve(menu: Mapping[str, Sequence[Option]], budget_bits: float, resolution: 
 def estimate_errors(
     x: NDArray[np.floating], scheme: Scheme, *, weights: NDArray[np.floating] | None = None, max_rows: int | None = 256
 ) -> dict[str, float]:
-    """Predicted error of storing ``x`` under ``scheme`` by each proxy, from one quantize -> dequantize of sampled rows.
+    """Predicted error of storing ``x`` under ``scheme`` by each proxy: :func:`estimate_menu` for one scheme."""
+    return estimate_menu(x, [scheme], weights=weights, max_rows=max_rows)[scheme]
+
+
+def estimate_menu(
+    x: NDArray[np.floating], schemes: Sequence[Scheme], *, weights: NDArray[np.floating] | None = None, max_rows: int | None = 256
+) -> dict[Scheme, dict[str, float]]:
+    """Predicted error of storing ``x`` under each of ``schemes``, from one quantize -> dequantize of sampled rows.
 
     ``x`` is a 2-D array, or anything with a ``shape`` whose ``x[indices]`` gives those rows
-    (a memory-mapped source tensor): only the sampled rows are read.
+    (a memory-mapped source tensor): only the sampled rows are read, once for all schemes.
 
-    Returns ``{"sse": sum((x - x')^2), "relative": sse / mean(x^2)}``, plus
+    Returns, per scheme, ``{"sse": sum((x - x')^2), "relative": sse / mean(x^2)}``, plus
     ``"weighted": sum(weights * (x - x')^2)`` given ``weights`` (the shape of ``x``, e.g. a
     diagonal Fisher), each estimated for the whole tensor. With more than ``max_rows`` rows
     (``None``: never), the rows of most weight mass (half the sample; none without weights) are
@@ -304,23 +312,28 @@ def estimate_errors(
     sample = rest[np.linspace(0, len(rest) - 1, (max_rows or 0) - len(heavy)).round().astype(np.intp)] if len(rest) else rest
     pick = np.concatenate([heavy, sample])
     xs = np.ascontiguousarray(x[pick], dtype=np.float32)
-    err = np.square(np.asarray(nanofmt.dequantize(nanofmt.quantize(xs, scheme), "f32"), np.float64) - xs)
-    h, per_row = len(heavy), err.sum(axis=1)
+    h = len(heavy)
     scale = len(rest) / len(sample) if len(sample) else 0.0
-    sse = float(per_row[:h].sum() + scale * per_row[h:].sum())
     # the signal power from the rows read (the strided sample stands for the rest), so that a
     # memory-mapped tensor is never read whole
     power_rows = np.square(xs, dtype=np.float64).sum(axis=1)
     power = float((power_rows[:h].sum() + scale * power_rows[h:].sum()) / (rows * cols))
-    out = {"sse": sse, "relative": sse / power if power > 0 else 0.0}
-    if weights is not None and mass is not None:
-        w_row = (err * weights[pick]).sum(axis=1)
-        rest_mass, sample_mass = float(mass[rest].sum()), float(mass[sample].sum())
-        if sample_mass > 0:
-            tail = rest_mass / sample_mass * float(w_row[h:].sum())
-        else:  # the sample has no weight: the rest's mean weight times its squared error
-            tail = rest_mass / max(1, len(rest) * cols) * scale * float(per_row[h:].sum())
-        out["weighted"] = float(w_row[:h].sum()) + tail
+    picked_weights = None if weights is None else weights[pick]
+    out = {}
+    for scheme in schemes:
+        err = np.square(np.asarray(nanofmt.dequantize(nanofmt.quantize(xs, scheme), "f32"), np.float64) - xs)
+        per_row = err.sum(axis=1)
+        sse = float(per_row[:h].sum() + scale * per_row[h:].sum())
+        found = {"sse": sse, "relative": sse / power if power > 0 else 0.0}
+        if picked_weights is not None and mass is not None:
+            w_row = (err * picked_weights).sum(axis=1)
+            rest_mass, sample_mass = float(mass[rest].sum()), float(mass[sample].sum())
+            if sample_mass > 0:
+                tail = rest_mass / sample_mass * float(w_row[h:].sum())
+            else:  # the sample has no weight: the rest's mean weight times its squared error
+                tail = rest_mass / max(1, len(rest) * cols) * scale * float(per_row[h:].sum())
+            found["weighted"] = float(w_row[:h].sum()) + tail
+        out[scheme] = found
     return out
 
 

@@ -35,7 +35,7 @@ from .allocate import (
     Candidate,
     allocate,
     budget_for_bpw,
-    estimate_errors,
+    estimate_menu,
     fits,
     heuristic_importance,
     runs_fused,
@@ -142,10 +142,8 @@ def error_table(
         weights = None if fisher is None else fisher.get(c.name)
         if fisher is not None and weights is None:
             raise ConvertError("calibration_invalid", "the calibration has no Fisher information for it", tensor=c.name)
-        for s in menu:
-            if not (fits(s, c.shape) and allowed(s, c.shape)):
-                continue
-            e = estimate_errors(rows, s, weights=weights, max_rows=max_rows)  # type: ignore[arg-type]
+        offered = [s for s in menu if fits(s, c.shape) and allowed(s, c.shape)]
+        for s, e in estimate_menu(rows, offered, weights=weights, max_rows=max_rows).items():  # type: ignore[arg-type]
             table[c.name, s] = 0.5 * e["weighted"] if weights is not None else e["relative"]
         source.release(c.name)
         if progress is not None and ((i + 1) % max(1, len(tensors) // 10) == 0 or i + 1 == len(tensors)):

@@ -209,3 +209,24 @@ def test_allocate_menu_with_transform_rotates_only_quantized_schemes():
     assert all(s.transform_block == 64 for s in rotated)
     # a row that is not whole blocks of 64 cannot take the rotated schemes
     assert not fits(rotated[0], (8, 96)) and fits(rotated[0], (8, 128))
+
+
+def test_estimate_menu_reads_the_sampled_rows_once_for_every_scheme() -> None:
+    from nanofmt.converters.allocate import estimate_menu
+
+    x = np.random.default_rng(3).standard_normal((600, 64)).astype(np.float32)
+    reads = []
+
+    class Rows:
+        shape = x.shape
+
+        def __getitem__(self, pick):
+            reads.append(len(pick))
+            return x[pick]
+
+    schemes = [Scheme("affine_dq", bits=b, group_size=32, meta_bits=6) for b in (3, 4, 5)]
+    menu = estimate_menu(Rows(), schemes, max_rows=64)
+    assert reads == [64]
+    for s in schemes:  # the same figures as measuring each scheme alone on the array
+        assert menu[s] == estimate_errors(x, s, max_rows=64)
+    assert menu[schemes[0]]["sse"] > menu[schemes[1]]["sse"] > menu[schemes[2]]["sse"]
