@@ -9,7 +9,7 @@ where a test asks for odd shapes on purpose.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,13 +113,3 @@ class Tools:
 @pytest.fixture(scope="session")
 def tiny() -> type[Tools]:
     return Tools
-
-
-@pytest.fixture(scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """One torch thread per module: tiny models, and a shared machine punishes a second waiting thread."""
-    torch = pytest.importorskip("torch")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

@@ -86,16 +86,21 @@ def test_runtime_refuses_a_damaged_component(tmp_path: Path, source: tuple) -> N
     assert error.reason == "component_mismatch" and error.tensor == "model.norm.weight"
 
 
-def test_runtime_refuses_an_unknown_scheme(tmp_path: Path, source: tuple) -> None:
+def edit_record(folder: Path, tensor: str, field: str, value: object) -> None:
+    """Rewrite one field of one record in the folder's file, keeping every stored array."""
     from safetensors.numpy import save_file
 
-    folder = write(tmp_path, source)
     path = folder / "model.safetensors"
     with nanofmt.open_file(path) as f:
         records = json.loads(f.header.metadata["nanofmt"])
         arrays = {name: np.array(f.component(name)) for name in f.entries}
-    records["tensors"]["model.norm.weight"]["scheme"] = "nf4"
+    records["tensors"][tensor][field] = value
     save_file(arrays, str(path), metadata={"format": "pt", "nanofmt": json.dumps(records)})
+
+
+def test_runtime_refuses_an_unknown_scheme(tmp_path: Path, source: tuple) -> None:
+    folder = write(tmp_path, source)
+    edit_record(folder, "model.norm.weight", "scheme", "nf4")
     error = load_error(folder)
     assert error.reason == "scheme_unsupported" and error.tensor == "model.norm.weight"
 
@@ -108,14 +113,7 @@ def test_runtime_refuses_another_quantizer(tmp_path: Path, source: tuple) -> Non
 
 
 def test_runtime_refuses_impossible_scheme_parameters(tmp_path: Path, source: tuple) -> None:
-    from safetensors.numpy import save_file
-
     folder = write(tmp_path, source)
-    path = folder / "model.safetensors"
-    with nanofmt.open_file(path) as f:
-        records = json.loads(f.header.metadata["nanofmt"])
-        arrays = {name: np.array(f.component(name)) for name in f.entries}
-    records["tensors"]["model.layers.0.mlp.up_proj.weight"]["group_size"] = 0
-    save_file(arrays, str(path), metadata={"format": "pt", "nanofmt": json.dumps(records)})
+    edit_record(folder, "model.layers.0.mlp.up_proj.weight", "group_size", 0)
     error = load_error(folder)
     assert error.reason == "record_invalid" and error.tensor == "model.layers.0.mlp.up_proj.weight"
