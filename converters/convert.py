@@ -145,7 +145,7 @@ def convert(
         if quality_gate is not None:
             check_gate(folder, causal=skeleton.causal)  # before the work, not after it
         analyzed = time.perf_counter()
-        calib = _calibrate(folder, calibration_text, fisher=target is not None, cleanup=cleanup, log=log) if calibration_text else None
+        calib = _calibrate(folder, calibration_text, fisher=target is not None, grams=not dry_run, cleanup=cleanup, log=log) if calibration_text else None
         calibrated = time.perf_counter()
         extra = {"producer": PRODUCER}
         if target is None:
@@ -191,20 +191,21 @@ class _Calibrated:
     tokens: int
 
 
-def _calibrate(folder: Path, text: str, *, fisher: bool, cleanup: ExitStack, log: Callable[[str], None] | None) -> _Calibrated:
-    """Run the source model (torch) over the calibration text: input Grams on disk, Fisher if asked.
+def _calibrate(folder: Path, text: str, *, fisher: bool, grams: bool, cleanup: ExitStack, log: Callable[[str], None] | None) -> _Calibrated:
+    """Run the source model (torch) over the calibration text: input Grams on disk, Fisher, as asked.
 
     The Grams go to a temporary directory that lives until the conversion ends: worker
-    processes memory-map them by path.
+    processes memory-map them by path. A dry run encodes nothing, so it asks for none.
     """
     from .calibrate import collect, gram_paths
 
     directory = Path(tempfile.mkdtemp(prefix="nanofmt-calibration-"))
     cleanup.callback(shutil.rmtree, directory, ignore_errors=True)
     if log is not None:
-        log(f"calibrating: input statistics{' and Fisher information' if fisher else ''} of the source model on the calibration text")
+        wanted = " and ".join(w for w, on in (("input statistics", grams), ("Fisher information", fisher)) if on) or "token count"
+        log(f"calibrating: {wanted} of the source model on the calibration text")
     try:
-        measured = collect(folder, text, fisher=fisher, out=directory)
+        measured = collect(folder, text, fisher=fisher, grams=grams, out=directory)
     except (OSError, ValueError) as exc:
         raise ConvertError("calibration_invalid", f"calibrating {folder} failed: {exc}") from None
     if log is not None:

@@ -168,6 +168,11 @@ def test_convert_calibrated_target_uses_the_fisher_proxy(tiny_model, tmp_path):
     report = convert(tiny_model("qwen2_tied", tokenizer=True), tmp_path / "nano", target_bpw=5.0, calibration=text)
     allocation = report.policy["overrides"]["allocation"]
     assert allocation["proxy"] == "calibrated" and allocation["predicted_mean_kl"] > 0
+    # a dry run measures the Fisher information it allocates with, and no Grams: it encodes nothing
+    logged = []
+    dry = convert(tiny_model("qwen2_tied", tokenizer=True), tmp_path / "dry", target_bpw=5.0, calibration=text, dry_run=True, log=logged.append)
+    assert dry.policy["overrides"]["allocation"] == allocation
+    assert any("calibrating: Fisher information of" in line for line in logged)
     assert quantized_bpw(report) <= 5.0
     card = (tmp_path / "nano" / "README.md").read_text()
     assert "chosen per tensor by `nanofmt convert` for a budget of 5.0 bits per weight" in card
